@@ -1,0 +1,62 @@
+//! Repository errors.
+//!
+//! Policy: I/O failures are [`RepoError::Io`] and may succeed on retry (disk
+//! full, transient errors); data that fails its check is
+//! [`RepoError::Corrupt`] and never will; unknown names are `NotFound`.
+
+use arca_schemas::{ErrorCode, ErrorReply};
+
+/// What went wrong in the repository.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// Reading or writing a file failed.
+    #[error("repository I/O on {path}: {source}")]
+    Io {
+        /// File or folder.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A stored or received object failed its integrity check.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Object.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No such chunk or snapshot.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The repository was made by a newer or unknown format.
+    #[error("repository at {path} has format version {found}, this build reads {supported}")]
+    Version {
+        /// Root.
+        path: String,
+        /// Found.
+        found: u32,
+        /// Supported.
+        supported: u32,
+    },
+}
+
+impl RepoError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        RepoError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The typed reply for a request that hit this error.
+    pub fn to_reply(&self) -> ErrorReply {
+        let code = match self {
+            RepoError::Io { .. } => ErrorCode::Storage,
+            RepoError::Corrupt { .. } => ErrorCode::Corrupt,
+            RepoError::NotFound(_) => ErrorCode::NotFound,
+            RepoError::Version { .. } => ErrorCode::Internal,
+        };
+        ErrorReply::new(code, self.to_string())
+    }
+}

@@ -1,0 +1,92 @@
+//! The chunk frame: `[version][compression][payload]` (see
+//! [`arca_schemas::chunk`]). Compression is zstd, skipped when it would not
+//! make the chunk smaller.
+
+use arca_schemas::ChunkId;
+use arca_schemas::chunk::{COMPRESSION_NONE, COMPRESSION_ZSTD, FRAME_VERSION};
+
+use crate::RepoError;
+
+/// The id of plain chunk bytes.
+pub fn chunk_id(data: &[u8]) -> ChunkId {
+    ChunkId(*blake3::hash(data).as_bytes())
+}
+
+/// Frames `data`, compressing at `level` when that helps.
+pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(data, level) {
+        if compressed.len() < data.len() {
+            let mut out = Vec::with_capacity(compressed.len() + 2);
+            out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_ZSTD]);
+            out.extend_from_slice(&compressed);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 2);
+    out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_NONE]);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Largest plain chunk a frame may decode to (guards against zstd bombs).
+pub const MAX_CHUNK: usize = 64 << 20;
+
+/// Decodes a frame and checks that its plain bytes have id `id`.
+pub fn decode(frame: &[u8], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+    let corrupt = |detail: String| RepoError::Corrupt {
+        what: format!("chunk {id}"),
+        detail,
+    };
+    let [version, compression, payload @ ..] = frame else {
+        return Err(corrupt("frame shorter than its header".into()));
+    };
+    if *version != FRAME_VERSION {
+        return Err(corrupt(format!("unknown frame version {version}")));
+    }
+    let data = match *compression {
+        COMPRESSION_NONE => payload.to_vec(),
+        COMPRESSION_ZSTD => zstd::bulk::decompress(payload, MAX_CHUNK)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+        other => return Err(corrupt(format!("unknown compression {other}"))),
+    };
+    let actual = chunk_id(&data);
+    if actual != *id {
+        return Err(corrupt(format!("content hashes to {actual}")));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compressible_and_not() {
+        let text = b"abcabcabc".repeat(1000);
+        let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for data in [&text[..], &noise[..], &[][..]] {
+            let id = chunk_id(data);
+            let frame = encode(data, 3);
+            assert!(frame.len() <= data.len() + 2);
+            assert_eq!(decode(&frame, &id).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught() {
+        let data = b"hello world".repeat(100);
+        let id = chunk_id(&data);
+        let mut frame = encode(&data, 3);
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+        assert!(matches!(decode(&frame, &id), Err(RepoError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn pinned_frame_header() {
+        let frame = encode(&[0u8; 4096], 3);
+        assert_eq!(&frame[..2], &[1, 1]);
+        let frame = encode(b"x", 3);
+        assert_eq!(frame, vec![1, 0, b'x']);
+    }
+}

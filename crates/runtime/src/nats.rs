@@ -1,0 +1,97 @@
+//! Connecting to NATS, and refusing servers too old to trust.
+
+use std::time::Duration;
+
+use arca_schemas::MIN_NATS_SERVER;
+
+/// Why a connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// No server answered at the URL.
+    #[error("cannot connect to NATS at {url}: {source}; is nats-server running there? (start one with ops/start-nats)")]
+    Connect {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        source: async_nats::ConnectError,
+    },
+    /// The server is older than Arca supports.
+    #[error(
+        "nats-server {found} at {url} is too old: Arca needs {}.{}.{} or later, because older servers silently ignore options it relies on; install a current release (ops/install-nats-server installs the pinned one)",
+        MIN_NATS_SERVER.0, MIN_NATS_SERVER.1, MIN_NATS_SERVER.2
+    )]
+    TooOld {
+        /// URL.
+        url: String,
+        /// Version the server reported.
+        found: String,
+    },
+}
+
+/// Parses `major.minor.patch` (ignoring any suffix).
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// True when `version` is at least [`MIN_NATS_SERVER`].
+pub fn version_supported(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v >= MIN_NATS_SERVER)
+}
+
+/// Connects as `name`, retrying the first connection for a while, and checks
+/// the server version.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    connect_with(url, async_nats::ConnectOptions::new().name(name)).await
+}
+
+/// Like [`connect`], with the caller's options (credentials, inbox prefix).
+pub async fn connect_with(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
+    let options = options
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        // Bounded, short back-off: an agent behind a closed firewall must be
+        // present within seconds of its window opening.
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((250 * attempt as u64).min(2_000))
+        });
+    let client = options
+        .connect(url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    let found = client.server_info().version;
+    if !version_supported(&found) {
+        return Err(NatsError::TooOld {
+            url: url.to_owned(),
+            found,
+        });
+    }
+    Ok(client)
+}
+
+/// The NATS URL from `NATS_URL`, or the local default.
+pub fn default_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(!version_supported("2.9.10"));
+        assert!(version_supported("2.10.0"));
+        assert!(version_supported("2.15.1"));
+        assert!(version_supported("3.0.0-beta"));
+        assert!(!version_supported("garbage"));
+    }
+}

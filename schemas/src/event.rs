@@ -1,0 +1,172 @@
+//! Job events: JSON documents on `arca.events.<job>.<kind>`, kept by the
+//! events stream so that a dashboard joining late still reads a job whole.
+//! Each carries enough to draw a dashboard without asking anything else.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{FileError, TransferStats};
+use crate::{JobId, JobKind, JobStatus, SnapshotId};
+
+/// One event of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobEvent {
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// Job the event belongs to.
+    pub job: JobId,
+    /// Backup or restore.
+    pub job_kind: JobKind,
+    /// System the job runs on.
+    pub system: String,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+/// What happened, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EventDetail {
+    /// The job was created and queued.
+    Selected {
+        /// Restore only: the snapshot to restore.
+        snapshot: Option<SnapshotId>,
+        /// Restore only: the folder to restore into.
+        target: Option<String>,
+    },
+    /// A firewall opened the guarded port for the system.
+    WindowOpened {
+        /// Firewall controller.
+        firewall: String,
+        /// Backend that did it.
+        backend: String,
+        /// Address allowed.
+        address: String,
+        /// When the lease runs out unless renewed.
+        expires: DateTime<Utc>,
+    },
+    /// The agent answered.
+    AgentPresent {
+        /// Agent version.
+        version: String,
+    },
+    /// The pre hook ran (or there was none).
+    Prepared {
+        /// Which hook.
+        phase: String,
+        /// False when no hook is configured.
+        ran: bool,
+        /// Exit status.
+        exit_code: Option<i32>,
+        /// Its output (tail).
+        output: String,
+    },
+    /// Transfer progress.
+    Progress {
+        /// Counters so far.
+        stats: TransferStats,
+        /// Plain bytes per second since the transfer started.
+        bytes_per_sec: f64,
+        /// What is being read or written now.
+        current: Option<String>,
+    },
+    /// A file could not be read or written; the job goes on.
+    FileFailed {
+        /// The file and the error.
+        file: FileError,
+    },
+    /// The data moved: the snapshot is committed (backup) or written (restore).
+    Transferred {
+        /// Final counters.
+        stats: TransferStats,
+        /// Snapshot committed or restored.
+        snapshot: Option<SnapshotId>,
+        /// Seconds the transfer took.
+        seconds: f64,
+    },
+    /// The post hook ran (or there was none).
+    Finished {
+        /// Which hook.
+        phase: String,
+        /// False when no hook is configured.
+        ran: bool,
+        /// Exit status.
+        exit_code: Option<i32>,
+        /// Its output (tail).
+        output: String,
+    },
+    /// A firewall closed the window.
+    WindowClosed {
+        /// Firewall controller.
+        firewall: String,
+    },
+    /// A step failed; the job goes on to clean up.
+    StepFailed {
+        /// The step.
+        step: String,
+        /// What went wrong and what to do next.
+        error: String,
+    },
+    /// The job ended. Always the last event of a job.
+    Ended {
+        /// Final status.
+        status: JobStatus,
+        /// Snapshot made or restored.
+        snapshot: Option<SnapshotId>,
+        /// Final counters.
+        stats: TransferStats,
+        /// Files not read or written.
+        file_errors: Vec<FileError>,
+        /// Why it failed.
+        error: Option<String>,
+        /// Seconds from selection to end.
+        seconds: f64,
+    },
+}
+
+impl EventDetail {
+    /// The `kind` tag, also the last subject token.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventDetail::Selected { .. } => "selected",
+            EventDetail::WindowOpened { .. } => "window-opened",
+            EventDetail::AgentPresent { .. } => "agent-present",
+            EventDetail::Prepared { .. } => "prepared",
+            EventDetail::Progress { .. } => "progress",
+            EventDetail::FileFailed { .. } => "file-failed",
+            EventDetail::Transferred { .. } => "transferred",
+            EventDetail::Finished { .. } => "finished",
+            EventDetail::WindowClosed { .. } => "window-closed",
+            EventDetail::StepFailed { .. } => "step-failed",
+            EventDetail::Ended { .. } => "ended",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_matches_the_json_tag() {
+        let e = JobEvent {
+            v: 1,
+            job: JobId::new(),
+            job_kind: JobKind::Backup,
+            system: "web01".into(),
+            time: Utc::now(),
+            detail: EventDetail::WindowClosed {
+                firewall: "edge".into(),
+            },
+        };
+        let json: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["kind"], e.detail.kind());
+        let back: JobEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,200 @@
+//! Jobs: their ids, kinds, steps and the record the scheduler keeps.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Id of a job (a time-ordered UUID, so ids sort by creation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::now_v7())
+    }
+
+    /// Parses the hyphenated form.
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(s).ok().map(JobId)
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({self})")
+    }
+}
+
+/// Id of a snapshot: 16 lower-case hex digits.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct SnapshotId(pub String);
+
+impl SnapshotId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        let u = uuid::Uuid::new_v4();
+        SnapshotId(u.simple().to_string()[..16].to_owned())
+    }
+
+    /// Accepts 16 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| SnapshotId(s.to_owned()))
+    }
+}
+
+impl Default for SnapshotId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotId({})", self.0)
+    }
+}
+
+/// Backup (the patent's method 400) or restore (method 500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Copy a system's files into the repository.
+    Backup,
+    /// Write a snapshot's files back onto a system.
+    Restore,
+}
+
+/// The step a job has reached. Each is persisted before it is acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStep {
+    /// Created, waiting for its turn.
+    Selected,
+    /// Asking the firewalls on the path to open.
+    OpeningWindow,
+    /// Waiting for the agent to answer.
+    WaitingForAgent,
+    /// Running the pre hook.
+    Preparing,
+    /// Moving data.
+    Transferring,
+    /// Running the post hook.
+    Finishing,
+    /// Closing the firewall windows.
+    ClosingWindow,
+    /// Nothing more to do.
+    Done,
+}
+
+/// Where a job stands overall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    /// Waiting in the queue.
+    Queued,
+    /// Being driven.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// Finished, but some files could not be read or written; they are named.
+    Partial,
+    /// A step failed; see the error.
+    Failed,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// True once the job will not change any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// A file that could not be read (backup) or written (restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct FileError {
+    /// Path of the file, lossily converted to UTF-8 for display.
+    pub path: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Counters of a transfer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TransferStats {
+    /// Files, folders and links seen.
+    pub entries: u64,
+    /// Regular files read or written.
+    pub files: u64,
+    /// Plain bytes of file contents read or written.
+    pub bytes: u64,
+    /// Chunks sent (backup) or fetched (restore).
+    pub chunks: u64,
+    /// Chunks the repository did not have yet (backup).
+    pub new_chunks: u64,
+    /// Bytes that crossed the network after compression.
+    pub wire_bytes: u64,
+}
+
+/// The scheduler's record of a job, kept in the jobs bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobRecord {
+    /// Job id.
+    pub id: JobId,
+    /// Backup or restore.
+    pub kind: JobKind,
+    /// The system the job runs on.
+    pub system: String,
+    /// Step reached.
+    pub step: JobStep,
+    /// Overall status.
+    pub status: JobStatus,
+    /// When the job was created.
+    pub created: DateTime<Utc>,
+    /// When the job last changed.
+    pub updated: DateTime<Utc>,
+    /// When the job ended.
+    pub ended: Option<DateTime<Utc>>,
+    /// Snapshot written (backup) or read (restore).
+    pub snapshot: Option<SnapshotId>,
+    /// Restore only: folder on the system to restore into (`None`: in place).
+    pub target: Option<String>,
+    /// Firewalls whose window this job has asked to open and not yet closed.
+    pub open_windows: Vec<String>,
+    /// True once the pre hook was started: the post hook must then run.
+    pub prepared: bool,
+    /// Counters of the transfer.
+    pub stats: TransferStats,
+    /// Files that could not be read or written.
+    pub file_errors: Vec<FileError>,
+    /// Why the job failed.
+    pub error: Option<String>,
+}

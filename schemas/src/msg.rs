@@ -1,0 +1,484 @@
+//! Request and reply bodies, grouped by the service that answers them.
+//! Commands are imperative, replies end in `Reply`. Every reply travels as
+//! [`crate::error::Reply`] so that a failure is typed.
+//!
+//! Requests that act on a job carry its [`JobId`]; a responder that sees
+//! the same job and step again answers with the result it gave the first
+//! time instead of acting twice.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{FileError, TransferStats};
+use crate::{ChunkId, HookSpec, JobId, JobRecord, SnapshotId, SystemConfig};
+
+// ---------------------------------------------------------------- scheduler
+
+/// Register or replace systems.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct LoadSystems {
+    /// The systems, validated by the scheduler before any is stored.
+    pub systems: Vec<SystemConfig>,
+}
+
+/// Answer to [`LoadSystems`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct LoadSystemsReply {
+    /// Names stored, in the order given.
+    pub stored: Vec<String>,
+}
+
+/// List registered systems.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ListSystems {}
+
+/// Answer to [`ListSystems`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListSystemsReply {
+    /// Systems by name.
+    pub systems: Vec<SystemConfig>,
+}
+
+/// Back up systems now. They run one after the other, in the order given.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct StartBackup {
+    /// System names.
+    pub systems: Vec<String>,
+}
+
+/// Answer to [`StartBackup`] and [`StartRestore`]: the jobs created.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobsStarted {
+    /// One job per system, in queue order.
+    pub jobs: Vec<JobId>,
+}
+
+/// Restore a snapshot onto its own system.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct StartRestore {
+    /// Snapshot to restore.
+    pub snapshot: SnapshotId,
+    /// Folder on the system to restore into; `None` restores in place.
+    pub target: Option<String>,
+}
+
+/// List jobs, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListJobs {
+    /// Only this system's jobs.
+    pub system: Option<String>,
+}
+
+/// Answer to [`ListJobs`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListJobsReply {
+    /// Job records, newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// Fetch one job record.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetJob {
+    /// Job id.
+    pub job: JobId,
+}
+
+/// List snapshots in the catalog, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListSnapshots {
+    /// Only this system's snapshots.
+    pub system: Option<String>,
+}
+
+/// Answer to [`ListSnapshots`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListSnapshotsReply {
+    /// Snapshots, newest first.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// What the catalog knows of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotInfo {
+    /// Snapshot id.
+    pub id: SnapshotId,
+    /// System it was taken of.
+    pub system: String,
+    /// Job that made it.
+    pub job: JobId,
+    /// When it was committed.
+    pub time: DateTime<Utc>,
+    /// Paths backed up.
+    pub paths: Vec<String>,
+    /// Media service holding it.
+    pub media: String,
+    /// Counters of the backup.
+    pub stats: TransferStats,
+    /// Files that could not be read; a snapshot with any is partial.
+    pub file_errors: Vec<FileError>,
+}
+
+// ---------------------------------------------------------------- firewall
+
+/// Open the guarded port for one address, as a lease.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct OpenWindow {
+    /// Job the window is for; opening twice for one job renews it.
+    pub job: JobId,
+    /// System the window is for.
+    pub system: String,
+    /// Source address allowed through.
+    pub address: String,
+    /// Seconds until the window closes by itself unless renewed.
+    pub lease_secs: u64,
+}
+
+/// Answer to [`OpenWindow`] and [`RenewWindow`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct WindowReply {
+    /// Firewall controller that answered.
+    pub firewall: String,
+    /// Backend doing the work (`none` filters nothing).
+    pub backend: String,
+    /// When the lease runs out.
+    pub expires: DateTime<Utc>,
+}
+
+/// Extend a window's lease.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RenewWindow {
+    /// Job whose window to renew.
+    pub job: JobId,
+    /// New lease from now.
+    pub lease_secs: u64,
+}
+
+/// Close a job's window. Closing a window that is not open succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CloseWindow {
+    /// Job whose window to close.
+    pub job: JobId,
+}
+
+/// Answer to [`CloseWindow`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CloseWindowReply {
+    /// False when no window was open for the job.
+    pub was_open: bool,
+}
+
+/// Ask a controller what it guards and which windows are open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct FirewallStatus {}
+
+/// Answer to [`FirewallStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct FirewallStatusReply {
+    /// Controller id.
+    pub firewall: String,
+    /// Backend in use.
+    pub backend: String,
+    /// Guarded ports.
+    pub ports: Vec<u16>,
+    /// Windows open now.
+    pub windows: Vec<WindowInfo>,
+}
+
+/// One open window.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct WindowInfo {
+    /// Job it is for.
+    pub job: JobId,
+    /// System it is for.
+    pub system: String,
+    /// Source address allowed.
+    pub address: String,
+    /// When the lease runs out.
+    pub expires: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- agent
+
+/// Is the agent there?
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Ping {}
+
+/// Answer to [`Ping`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Pong {
+    /// System the agent serves.
+    pub system: String,
+    /// Agent version.
+    pub version: String,
+    /// Protocol version it speaks.
+    pub protocol: u32,
+}
+
+/// Which side of a job a hook belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookPhase {
+    /// Before a backup reads files.
+    PreBackup,
+    /// After a backup.
+    PostBackup,
+    /// Before a restore writes files.
+    PreRestore,
+    /// After a restore.
+    PostRestore,
+}
+
+impl HookPhase {
+    /// Kebab-case name, as in config and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPhase::PreBackup => "pre-backup",
+            HookPhase::PostBackup => "post-backup",
+            HookPhase::PreRestore => "pre-restore",
+            HookPhase::PostRestore => "post-restore",
+        }
+    }
+}
+
+/// Run the pre hook of a job ([`crate::subject::AgentVerb::Prepare`]) or its
+/// post hook ([`crate::subject::AgentVerb::Finish`]).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunHook {
+    /// Job the hook runs for.
+    pub job: JobId,
+    /// Which hook.
+    pub phase: HookPhase,
+    /// What to run; `None` when the system has no such hook.
+    pub hook: Option<HookSpec>,
+    /// Environment describing the job (`ARCA_JOB_ID`, ...).
+    pub env: Vec<(String, String)>,
+    /// Prepare only: seconds after which the agent runs the post hook by
+    /// itself if no finish request has come.
+    pub deadline_secs: Option<u64>,
+    /// Prepare only: the post hook the agent runs at its deadline.
+    pub post_hook: Option<HookSpec>,
+}
+
+/// Answer to [`RunHook`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct HookReply {
+    /// False when there was no hook to run.
+    pub ran: bool,
+    /// True when the hook exited with status 0 (or did not need to run).
+    pub success: bool,
+    /// Exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// The last part of what it wrote to stdout and stderr.
+    pub output: String,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Back up the system's paths into a media session.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct StartBackupTransfer {
+    /// Job id; a repeated request for the same job does not start again.
+    pub job: JobId,
+    /// Media service to send to.
+    pub media: String,
+    /// Session opened on it for this job.
+    pub session: String,
+    /// Paths to back up.
+    pub paths: Vec<String>,
+}
+
+/// Restore a snapshot onto this system.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct StartRestoreTransfer {
+    /// Job id; a repeated request for the same job does not start again.
+    pub job: JobId,
+    /// Media service holding the snapshot.
+    pub media: String,
+    /// Snapshot to restore.
+    pub snapshot: SnapshotId,
+    /// Folder to restore into; `None` puts files back where they were.
+    pub target: Option<String>,
+}
+
+/// Answer to the start requests: the transfer runs on; poll its status.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TransferAccepted {
+    /// True when this request started it, false when it was already known.
+    pub started: bool,
+}
+
+/// Ask how a job's transfer is going.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetTransferStatus {
+    /// Job id.
+    pub job: JobId,
+}
+
+/// Answer to [`GetTransferStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransferState {
+    /// The agent knows no transfer for that job.
+    Unknown,
+    /// Running; counters so far.
+    Running {
+        /// Counters so far.
+        stats: TransferStats,
+        /// What is being read or written now.
+        current: Option<String>,
+    },
+    /// Finished.
+    Done(TransferOutcome),
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TransferOutcome {
+    /// Counters.
+    pub stats: TransferStats,
+    /// Backup: the committed snapshot.
+    pub snapshot: Option<SnapshotId>,
+    /// Files that could not be read or written; the rest was transferred.
+    pub file_errors: Vec<FileError>,
+    /// Set when the transfer as a whole failed (nothing committed).
+    pub error: Option<crate::ErrorReply>,
+}
+
+// ---------------------------------------------------------------- media
+
+/// Open a backup session for a job's system (scheduler to media).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct OpenSession {
+    /// Job id; opening twice for a job returns the same session.
+    pub job: JobId,
+    /// System whose data the session accepts.
+    pub system: String,
+    /// Paths the backup covers, recorded in the snapshot.
+    pub paths: Vec<String>,
+}
+
+/// Answer to [`OpenSession`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SessionOpened {
+    /// Session id the agent names in its data requests.
+    pub session: String,
+}
+
+/// Store one chunk (agent to media). Acknowledged after a durable write.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct PutChunk {
+    /// Session the chunk belongs to.
+    pub session: String,
+    /// Id of the chunk's plain bytes.
+    pub id: ChunkId,
+    /// The chunk frame (see [`crate::chunk`]).
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub frame: Vec<u8>,
+}
+
+/// Answer to [`PutChunk`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunkStored {
+    /// False when the repository already held the chunk.
+    pub new: bool,
+}
+
+/// Commit the snapshot of a session. Media checks that every chunk the
+/// tree names is stored before it writes the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CommitSnapshot {
+    /// Session to commit.
+    pub session: String,
+    /// Tree chunks in order.
+    pub tree: Vec<ChunkId>,
+    /// Counters of the backup.
+    pub stats: TransferStats,
+    /// Files that could not be read.
+    pub file_errors: Vec<FileError>,
+}
+
+/// Answer to [`CommitSnapshot`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotCommitted {
+    /// The snapshot as stored.
+    pub snapshot: SnapshotInfo,
+}
+
+/// Fetch one chunk frame (agent to media, restore).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetChunk {
+    /// Chunk id.
+    pub id: ChunkId,
+}
+
+/// Answer to [`GetChunk`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunkData {
+    /// The chunk frame as stored.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub frame: Vec<u8>,
+}
+
+/// Fetch a snapshot's record and tree chunk list.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetSnapshot {
+    /// Snapshot id.
+    pub snapshot: SnapshotId,
+}
+
+/// Answer to [`GetSnapshot`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotReply {
+    /// The catalog view.
+    pub info: SnapshotInfo,
+    /// Tree chunks in order.
+    pub tree: Vec<ChunkId>,
+}
+
+/// List a media service's snapshots (scheduler to media).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct MediaListSnapshots {
+    /// Only this system's snapshots.
+    pub system: Option<String>,
+}

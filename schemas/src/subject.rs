@@ -1,0 +1,193 @@
+//! Every NATS subject Arca uses. Shape: `arca.<service>.<id>.<verb>`.
+//!
+//! Ids that end up in a subject (system, firewall, media and scheduler
+//! names) are checked by [`valid_token`] where they enter the system, so a
+//! name can never add or hide subject tokens.
+
+use crate::JobId;
+
+/// True when `s` may be used as one subject token: letters, digits, `-`, `_`.
+pub fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Requests to a scheduler: `arca.scheduler.<id>.<verb>`.
+pub fn scheduler(id: &str, verb: SchedulerVerb) -> String {
+    format!("arca.scheduler.{id}.{}", verb.as_str())
+}
+
+/// Wildcard a scheduler subscribes to.
+pub fn scheduler_all(id: &str) -> String {
+    format!("arca.scheduler.{id}.*")
+}
+
+/// Requests to the agent of one system: `arca.agent.<system>.<verb>`.
+pub fn agent(system: &str, verb: AgentVerb) -> String {
+    format!("arca.agent.{system}.{}", verb.as_str())
+}
+
+/// Wildcard an agent subscribes to.
+pub fn agent_all(system: &str) -> String {
+    format!("arca.agent.{system}.*")
+}
+
+/// Requests to a firewall controller: `arca.fw.<firewall>.<verb>`.
+pub fn firewall(id: &str, verb: FirewallVerb) -> String {
+    format!("arca.fw.{id}.{}", verb.as_str())
+}
+
+/// Wildcard a firewall controller subscribes to.
+pub fn firewall_all(id: &str) -> String {
+    format!("arca.fw.{id}.*")
+}
+
+/// Control requests to a media service: `arca.media.<media>.<verb>`.
+pub fn media(id: &str, verb: MediaVerb) -> String {
+    format!("arca.media.{id}.{}", verb.as_str())
+}
+
+/// Data requests of one system to a media service:
+/// `arca.media.<media>.data.<system>.<verb>`. The system is in the subject
+/// so that the server's permissions can confine an agent to its own data.
+pub fn media_data(id: &str, system: &str, verb: MediaDataVerb) -> String {
+    format!("arca.media.{id}.data.{system}.{}", verb.as_str())
+}
+
+/// Wildcard a media service subscribes to for control requests.
+pub fn media_all(id: &str) -> String {
+    format!("arca.media.{id}.*")
+}
+
+/// Wildcard a media service subscribes to for data requests.
+pub fn media_data_all(id: &str) -> String {
+    format!("arca.media.{id}.data.*.*")
+}
+
+/// A job event: `arca.events.<job>.<kind>`.
+pub fn event(job: &JobId, kind: &str) -> String {
+    format!("arca.events.{job}.{kind}")
+}
+
+/// Every event of one job.
+pub fn events_of(job: &JobId) -> String {
+    format!("arca.events.{job}.>")
+}
+
+/// Every job event.
+pub const EVENTS_ALL: &str = "arca.events.>";
+
+macro_rules! verbs {
+    ($(#[$m:meta])* $name:ident { $($v:ident = $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($v),* }
+        impl $name {
+            /// Every verb, for dispatch tables and tests.
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+            /// The subject token.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s),* }
+            }
+            /// Parses the last token of a subject.
+            pub fn parse(token: &str) -> Option<Self> {
+                match token { $($s => Some($name::$v),)* _ => None }
+            }
+        }
+    };
+}
+
+verbs!(
+    /// Verbs of the scheduler.
+    SchedulerVerb {
+        LoadSystems = "load-systems",
+        ListSystems = "list-systems",
+        Backup = "backup",
+        Restore = "restore",
+        ListJobs = "list-jobs",
+        GetJob = "get-job",
+        ListSnapshots = "list-snapshots",
+    }
+);
+
+verbs!(
+    /// Verbs of an agent.
+    AgentVerb {
+        Ping = "ping",
+        Prepare = "prepare",
+        Finish = "finish",
+        Backup = "backup",
+        Restore = "restore",
+        Status = "status",
+    }
+);
+
+verbs!(
+    /// Verbs of a firewall controller.
+    FirewallVerb {
+        Open = "open",
+        Renew = "renew",
+        Close = "close",
+        Status = "status",
+    }
+);
+
+verbs!(
+    /// Control verbs of a media service (spoken by the scheduler).
+    MediaVerb {
+        Session = "session",
+        Snapshots = "snapshots",
+        Snapshot = "snapshot",
+    }
+);
+
+verbs!(
+    /// Data verbs of a media service (spoken by an agent for its system).
+    MediaDataVerb {
+        Put = "put",
+        Commit = "commit",
+        Get = "get",
+        Snapshot = "snapshot",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_have_the_documented_shape() {
+        assert_eq!(agent("web01", AgentVerb::Prepare), "arca.agent.web01.prepare");
+        assert_eq!(firewall("edge", FirewallVerb::Open), "arca.fw.edge.open");
+        assert_eq!(media("main", MediaVerb::Session), "arca.media.main.session");
+        assert_eq!(
+            media_data("main", "web01", MediaDataVerb::Put),
+            "arca.media.main.data.web01.put"
+        );
+        let job = JobId::parse("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap();
+        assert_eq!(
+            event(&job, "selected"),
+            "arca.events.0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.selected"
+        );
+    }
+
+    #[test]
+    fn verbs_round_trip() {
+        for v in AgentVerb::ALL {
+            assert_eq!(AgentVerb::parse(v.as_str()), Some(*v));
+        }
+        for v in SchedulerVerb::ALL {
+            assert_eq!(SchedulerVerb::parse(v.as_str()), Some(*v));
+        }
+    }
+
+    #[test]
+    fn tokens_refuse_subject_syntax() {
+        assert!(valid_token("web-01_a"));
+        for bad in ["", "a.b", "a*", ">", "a b", "é"] {
+            assert!(!valid_token(bad), "{bad:?} accepted");
+        }
+    }
+}

@@ -55,8 +55,10 @@ impl SnapshotId {
 
     /// Accepts 16 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| SnapshotId(s.to_owned()))
+        (s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| SnapshotId(s.to_owned()))
     }
 }
 
@@ -89,7 +91,9 @@ pub enum JobKind {
 }
 
 /// The step a job has reached. Each is persisted before it is acted on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobStep {
     /// Created, waiting for its turn.

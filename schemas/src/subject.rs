@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn subjects_have_the_documented_shape() {
-        assert_eq!(agent("web01", AgentVerb::Prepare), "arca.agent.web01.prepare");
+        assert_eq!(
+            agent("web01", AgentVerb::Prepare),
+            "arca.agent.web01.prepare"
+        );
         assert_eq!(firewall("edge", FirewallVerb::Open), "arca.fw.edge.open");
         assert_eq!(media("main", MediaVerb::Session), "arca.media.main.session");
         assert_eq!(

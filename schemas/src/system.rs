@@ -91,7 +91,10 @@ impl SystemConfig {
             }
         }
         if !valid_token(&self.media) {
-            return Err(field(&format!("media name {:?} is not a valid name", self.media)));
+            return Err(field(&format!(
+                "media name {:?} is not a valid name",
+                self.media
+            )));
         }
         let hooks = [
             ("pre-backup", &self.hooks.pre_backup),
@@ -105,7 +108,9 @@ impl SystemConfig {
                     return Err(field(&format!("hooks.{name}.command must name a program")));
                 }
                 if h.timeout_secs == 0 {
-                    return Err(field(&format!("hooks.{name}.timeout-secs must be positive")));
+                    return Err(field(&format!(
+                        "hooks.{name}.timeout-secs must be positive"
+                    )));
                 }
             }
         }

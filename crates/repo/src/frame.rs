@@ -45,8 +45,9 @@ pub fn decode(frame: &[u8], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
     }
     let data = match *compression {
         COMPRESSION_NONE => payload.to_vec(),
-        COMPRESSION_ZSTD => zstd::bulk::decompress(payload, MAX_CHUNK)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+        COMPRESSION_ZSTD => {
+            zstd::bulk::decompress(payload, MAX_CHUNK).map_err(|e| corrupt(format!("zstd: {e}")))?
+        }
         other => return Err(corrupt(format!("unknown compression {other}"))),
     };
     let actual = chunk_id(&data);
@@ -63,7 +64,9 @@ mod tests {
     #[test]
     fn round_trip_compressible_and_not() {
         let text = b"abcabcabc".repeat(1000);
-        let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for data in [&text[..], &noise[..], &[][..]] {
             let id = chunk_id(data);
             let frame = encode(data, 3);
@@ -79,7 +82,10 @@ mod tests {
         let mut frame = encode(&data, 3);
         let last = frame.len() - 1;
         frame[last] ^= 1;
-        assert!(matches!(decode(&frame, &id), Err(RepoError::Corrupt { .. })));
+        assert!(matches!(
+            decode(&frame, &id),
+            Err(RepoError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -124,7 +124,9 @@ impl Repository {
     pub fn get_chunk(&self, system: &str, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
         let path = self.chunk_path(system, id);
         std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RepoError::NotFound(format!("chunk {id} of system {system}")),
+            std::io::ErrorKind::NotFound => {
+                RepoError::NotFound(format!("chunk {id} of system {system}"))
+            }
             _ => RepoError::io(&path, e),
         })
     }
@@ -211,7 +213,10 @@ mod tests {
         assert!(!repo.put_chunk("a", &id, &f).unwrap());
         assert!(repo.has_chunk("a", &id));
         assert!(!repo.has_chunk("b", &id));
-        assert!(matches!(repo.get_chunk("b", &id), Err(RepoError::NotFound(_))));
+        assert!(matches!(
+            repo.get_chunk("b", &id),
+            Err(RepoError::NotFound(_))
+        ));
         assert_eq!(repo.get_chunk("a", &id).unwrap(), f);
         // Reopening keeps what was stored.
         let repo = Repository::open_or_init(dir.path()).unwrap();

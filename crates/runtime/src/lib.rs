@@ -3,6 +3,7 @@
 //! helpers and shutdown.
 
 pub mod config;
+pub mod events;
 pub mod jetstream;
 pub mod nats;
 pub mod rpc;

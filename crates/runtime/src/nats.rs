@@ -9,7 +9,9 @@ use arca_schemas::MIN_NATS_SERVER;
 #[non_exhaustive]
 pub enum NatsError {
     /// No server answered at the URL.
-    #[error("cannot connect to NATS at {url}: {source}; is nats-server running there? (start one with ops/start-nats)")]
+    #[error(
+        "cannot connect to NATS at {url}: {source}; is nats-server running there? (start one with ops/start-nats)"
+    )]
     Connect {
         /// URL tried.
         url: String,

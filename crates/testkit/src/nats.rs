@@ -142,7 +142,10 @@ pub fn find_server() -> anyhow::Result<PathBuf> {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
     }
     if let Ok(out) = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
     {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -180,7 +183,9 @@ fn server_version(binary: &Path) -> Option<String> {
 }
 
 fn supported(version: &str) -> bool {
-    let mut it = version.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut it = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
     let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     (a, b) >= (2, 10)
 }

@@ -13,7 +13,13 @@ pub fn bin_path(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("test binary lives in target/");
     let path = dir.join(name);
     assert!(
@@ -65,7 +71,10 @@ impl ServiceProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

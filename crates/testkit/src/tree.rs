@@ -95,7 +95,9 @@ pub fn compare(expected: &Path, actual: &Path) -> Result<(), String> {
         }
         match b.get(name) {
             None => diffs.push(format!("missing: {name:?}")),
-            Some(eb) if eb != ea => diffs.push(format!("differs: {name:?}\n  want {ea:?}\n  got  {eb:?}")),
+            Some(eb) if eb != ea => {
+                diffs.push(format!("differs: {name:?}\n  want {ea:?}\n  got  {eb:?}"))
+            }
             Some(_) => {}
         }
     }

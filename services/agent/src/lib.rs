@@ -1,1 +1,359 @@
-//! placeholder
+//! The disk agent: one per system, in the lower-trust zone. It runs the
+//! system's hooks, reads its files into chunk streams for media and writes
+//! restored files back, verifying every byte. It holds no archive key.
+//!
+//! Requests that act on a job are idempotent: a hook runs once per job and
+//! phase (a repeated request gets the first result), a transfer starts once
+//! per job (a repeated start reports it is already known).
+//!
+//! Invariant 2: after a pre hook, the agent arms a deadline of its own; if
+//! no finish request has come by then (the scheduler vanished), it runs the
+//! post hook itself, and a later finish request gets that result.
+
+pub mod backup;
+pub mod hooks;
+pub mod restore;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arca_runtime::rpc::{decode_request, respond, verb};
+use arca_schemas::error::ErrorReply;
+use arca_schemas::job::{FileError, TransferStats};
+use arca_schemas::msg::*;
+use arca_schemas::subject::{self, AgentVerb};
+use arca_schemas::{JobId, PROTOCOL_VERSION};
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+/// Configuration of an agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// The system this agent serves (its subject token).
+    pub system: String,
+    /// Chunks sent or fetched without acknowledgement at most.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Smallest chunk, bytes.
+    #[serde(default = "default_min")]
+    pub chunk_min: usize,
+    /// Average chunk, bytes.
+    #[serde(default = "default_avg")]
+    pub chunk_avg: usize,
+    /// Largest chunk, bytes.
+    #[serde(default = "default_max")]
+    pub chunk_max: usize,
+    /// zstd level for chunks.
+    #[serde(default = "default_level")]
+    pub zstd_level: i32,
+}
+
+fn default_window() -> usize {
+    8
+}
+fn default_min() -> usize {
+    256 * 1024
+}
+fn default_avg() -> usize {
+    1024 * 1024
+}
+fn default_max() -> usize {
+    4 * 1024 * 1024
+}
+fn default_level() -> i32 {
+    3
+}
+
+impl Config {
+    /// A configuration with defaults for `system`.
+    pub fn new(system: &str) -> Self {
+        Config {
+            system: system.to_owned(),
+            window: default_window(),
+            chunk_min: default_min(),
+            chunk_avg: default_avg(),
+            chunk_max: default_max(),
+            zstd_level: default_level(),
+        }
+    }
+}
+
+/// Live state of a transfer, polled by the scheduler.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Counters so far.
+    pub stats: TransferStats,
+    /// Files that failed so far.
+    pub file_errors: Vec<FileError>,
+    /// What is being read or written.
+    pub current: Option<String>,
+    /// Set when the transfer ended.
+    pub outcome: Option<TransferOutcome>,
+}
+
+struct Agent {
+    config: Config,
+    params: backup::ChunkParams,
+    client: Client,
+    hooks: Mutex<HashMap<(JobId, &'static str), Arc<OnceCell<HookReply>>>>,
+    transfers: Mutex<HashMap<JobId, Arc<Mutex<Progress>>>>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    client: Client,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        subject::valid_token(&config.system),
+        "system name {:?} is not a valid name (letters, digits, '-', '_')",
+        config.system
+    );
+    let params = chunk_params(&config, client.server_info().max_payload);
+    let agent = Arc::new(Agent {
+        params,
+        client: client.clone(),
+        hooks: Mutex::new(HashMap::new()),
+        transfers: Mutex::new(HashMap::new()),
+        config,
+    });
+    let mut requests = client
+        .subscribe(subject::agent_all(&agent.config.system))
+        .await?;
+    client.flush().await?;
+    tracing::info!(system = %agent.config.system, "agent ready");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(msg) = requests.next() => {
+                let a = agent.clone();
+                tokio::spawn(async move { a.handle(msg).await });
+            }
+            else => break,
+        }
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Chunk sizes that keep every frame within the server's `max_payload`.
+fn chunk_params(config: &Config, max_payload: usize) -> backup::ChunkParams {
+    // Room for the message envelope (session id, chunk id, field names).
+    let limit = max_payload.saturating_sub(64 * 1024);
+    let mut p = backup::ChunkParams {
+        min: config.chunk_min,
+        avg: config.chunk_avg,
+        max: config.chunk_max,
+        level: config.zstd_level,
+    };
+    if p.max > limit {
+        tracing::warn!(
+            max_payload,
+            configured = p.max,
+            "the server's max_payload is smaller than the largest chunk; using smaller chunks \
+             (set max_payload: 8MB in nats-server's config to keep the configured sizes)"
+        );
+        p.max = limit.max(fastcdc::v2020::MAXIMUM_MIN);
+        p.avg = p.avg.min(p.max / 4).max(fastcdc::v2020::AVERAGE_MIN);
+        p.min = p.min.min(p.avg / 4).max(fastcdc::v2020::MINIMUM_MIN);
+    }
+    p
+}
+
+impl Agent {
+    async fn handle(self: Arc<Self>, msg: Message) {
+        let c = &self.client;
+        match AgentVerb::parse(verb(&msg.subject)) {
+            Some(AgentVerb::Ping) => {
+                let pong = Pong {
+                    system: self.config.system.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    protocol: PROTOCOL_VERSION,
+                };
+                respond(c, &msg, Ok(pong)).await
+            }
+            Some(AgentVerb::Prepare) => {
+                let r = self.clone().prepare(&msg.payload).await;
+                respond(c, &msg, r).await
+            }
+            Some(AgentVerb::Finish) => {
+                let r = self.finish(&msg.payload).await;
+                respond(c, &msg, r).await
+            }
+            Some(AgentVerb::Backup) => {
+                respond(c, &msg, self.clone().start_backup(&msg.payload)).await
+            }
+            Some(AgentVerb::Restore) => {
+                respond(c, &msg, self.clone().start_restore(&msg.payload)).await
+            }
+            Some(AgentVerb::Status) => respond(c, &msg, self.status(&msg.payload)).await,
+            None => {
+                let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
+                    "unknown verb in {}",
+                    msg.subject
+                )));
+                respond(c, &msg, r).await
+            }
+        }
+    }
+
+    fn hook_cell(&self, job: JobId, phase: HookPhase) -> Arc<OnceCell<HookReply>> {
+        self.hooks
+            .lock()
+            .expect("hooks lock")
+            .entry((job, phase.as_str()))
+            .or_default()
+            .clone()
+    }
+
+    /// Runs a hook once per (job, phase); repeated requests share the result.
+    async fn run_hook_once(
+        &self,
+        job: JobId,
+        phase: HookPhase,
+        hook: Option<&arca_schemas::HookSpec>,
+        env: &[(String, String)],
+    ) -> HookReply {
+        let cell = self.hook_cell(job, phase);
+        cell.get_or_init(|| async {
+            match hook {
+                Some(h) => {
+                    tracing::info!(%job, phase = phase.as_str(), command = ?h.command, "running hook");
+                    let r = hooks::run(h, env).await;
+                    tracing::info!(%job, phase = phase.as_str(), success = r.success, exit_code = ?r.exit_code, "hook ended");
+                    r
+                }
+                None => hooks::none(),
+            }
+        })
+        .await
+        .clone()
+    }
+
+    async fn prepare(self: Arc<Self>, payload: &[u8]) -> Result<HookReply, ErrorReply> {
+        let req: RunHook = decode_request(payload)?;
+        let post_phase = match req.phase {
+            HookPhase::PreBackup => HookPhase::PostBackup,
+            HookPhase::PreRestore => HookPhase::PostRestore,
+            other => {
+                return Err(ErrorReply::bad_request(format!(
+                    "{} is not a pre hook",
+                    other.as_str()
+                )));
+            }
+        };
+        // The deadline is armed before the pre hook runs: if the scheduler
+        // vanishes while the hook runs, the post hook still follows.
+        if let Some(secs) = req.deadline_secs {
+            let first = self.hook_cell(req.job, req.phase).get().is_none();
+            if first {
+                let me = self.clone();
+                let (job, post, env) = (req.job, req.post_hook.clone(), req.env.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    if me.hook_cell(job, post_phase).get().is_none() {
+                        tracing::warn!(%job, "no finish request before the deadline; running the post hook now");
+                        me.run_hook_once(job, post_phase, post.as_ref(), &env).await;
+                    }
+                });
+            }
+        }
+        Ok(self
+            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env)
+            .await)
+    }
+
+    async fn finish(&self, payload: &[u8]) -> Result<HookReply, ErrorReply> {
+        let req: RunHook = decode_request(payload)?;
+        if !matches!(req.phase, HookPhase::PostBackup | HookPhase::PostRestore) {
+            return Err(ErrorReply::bad_request(format!(
+                "{} is not a post hook",
+                req.phase.as_str()
+            )));
+        }
+        Ok(self
+            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env)
+            .await)
+    }
+
+    /// Registers a transfer for `job`; `None` when it is already known.
+    fn register(&self, job: JobId) -> Option<Arc<Mutex<Progress>>> {
+        let mut transfers = self.transfers.lock().expect("transfers lock");
+        if transfers.contains_key(&job) {
+            return None;
+        }
+        let p = Arc::new(Mutex::new(Progress::default()));
+        transfers.insert(job, p.clone());
+        Some(p)
+    }
+
+    fn start_backup(self: Arc<Self>, payload: &[u8]) -> Result<TransferAccepted, ErrorReply> {
+        let req: StartBackupTransfer = decode_request(payload)?;
+        let Some(progress) = self.register(req.job) else {
+            return Ok(TransferAccepted { started: false });
+        };
+        tracing::info!(job = %req.job, paths = ?req.paths, "backup transfer started");
+        let me = self.clone();
+        tokio::spawn(async move {
+            let job = req.job;
+            let outcome = backup::run(
+                me.client.clone(),
+                me.config.system.clone(),
+                req,
+                me.params,
+                me.config.window,
+                progress.clone(),
+            )
+            .await;
+            tracing::info!(%job, snapshot = ?outcome.snapshot, error = ?outcome.error, "backup transfer ended");
+            progress.lock().expect("progress lock").outcome = Some(outcome);
+        });
+        Ok(TransferAccepted { started: true })
+    }
+
+    fn start_restore(self: Arc<Self>, payload: &[u8]) -> Result<TransferAccepted, ErrorReply> {
+        let req: StartRestoreTransfer = decode_request(payload)?;
+        let Some(progress) = self.register(req.job) else {
+            return Ok(TransferAccepted { started: false });
+        };
+        tracing::info!(job = %req.job, snapshot = %req.snapshot, target = ?req.target, "restore transfer started");
+        let me = self.clone();
+        tokio::spawn(async move {
+            let job = req.job;
+            let outcome = restore::run(
+                me.client.clone(),
+                me.config.system.clone(),
+                req,
+                me.config.window,
+                progress.clone(),
+            )
+            .await;
+            tracing::info!(%job, error = ?outcome.error, files_failed = outcome.file_errors.len(), "restore transfer ended");
+            progress.lock().expect("progress lock").outcome = Some(outcome);
+        });
+        Ok(TransferAccepted { started: true })
+    }
+
+    fn status(&self, payload: &[u8]) -> Result<TransferState, ErrorReply> {
+        let req: GetTransferStatus = decode_request(payload)?;
+        let transfers = self.transfers.lock().expect("transfers lock");
+        let Some(p) = transfers.get(&req.job) else {
+            return Ok(TransferState::Unknown);
+        };
+        let p = p.lock().expect("progress lock");
+        Ok(match &p.outcome {
+            Some(o) => TransferState::Done(o.clone()),
+            None => TransferState::Running {
+                stats: p.stats.clone(),
+                current: p.current.clone(),
+            },
+        })
+    }
+}

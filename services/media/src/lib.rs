@@ -1,1 +1,340 @@
-//! placeholder
+//! The media service (the patent's media agent): it owns the repository,
+//! accepts chunk streams from agents in sessions the scheduler opens,
+//! commits snapshots only when every chunk they name is stored, and serves
+//! chunks back for restores.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arca_repo::{Repository, SnapshotRecord, frame};
+use arca_runtime::rpc::{decode_request, respond, verb};
+use arca_schemas::error::ErrorReply;
+use arca_schemas::msg::*;
+use arca_schemas::subject::{self, MediaDataVerb, MediaVerb};
+use arca_schemas::tree::{NodeKind, TreeBatch};
+use arca_schemas::{JobId, SnapshotId, codec};
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use serde::Deserialize;
+
+/// Configuration of a media service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Id in subjects (`arca.media.<id>...`).
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// Folder of the repository; created when missing.
+    pub repository: PathBuf,
+}
+
+fn default_id() -> String {
+    arca_schemas::names::DEFAULT_MEDIA.to_owned()
+}
+
+struct Session {
+    job: JobId,
+    system: String,
+    paths: Vec<String>,
+    committed: Option<SnapshotInfo>,
+}
+
+struct Media {
+    id: String,
+    repo: Repository,
+    client: Client,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// Runs the media service until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    client: Client,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        subject::valid_token(&config.id),
+        "media id {:?} is not a valid name (letters, digits, '-', '_')",
+        config.id
+    );
+    let repo = Repository::open_or_init(&config.repository)?;
+    let media = Arc::new(Media {
+        id: config.id.clone(),
+        repo,
+        client: client.clone(),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let mut control = client.subscribe(subject::media_all(&config.id)).await?;
+    let mut data = client
+        .subscribe(subject::media_data_all(&config.id))
+        .await?;
+    client.flush().await?;
+    tracing::info!(id = %config.id, repository = %config.repository.display(), "media service ready");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(msg) = control.next() => {
+                let m = media.clone();
+                tokio::spawn(async move { m.control(msg).await });
+            }
+            Some(msg) = data.next() => {
+                let m = media.clone();
+                tokio::spawn(async move { m.data(msg).await });
+            }
+            else => break,
+        }
+    }
+    tracing::info!("media service stopped");
+    Ok(())
+}
+
+impl Media {
+    async fn control(self: Arc<Self>, msg: Message) {
+        match MediaVerb::parse(verb(&msg.subject)) {
+            Some(MediaVerb::Session) => {
+                let r = self.open_session(&msg.payload);
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaVerb::Snapshots) => {
+                let r = self.list_snapshots(&msg.payload).await;
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaVerb::Snapshot) => {
+                let r = self.get_snapshot(&msg.payload, None).await;
+                respond(&self.client, &msg, r).await
+            }
+            None => {
+                let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
+                    "unknown verb in {}",
+                    msg.subject
+                )));
+                respond(&self.client, &msg, r).await
+            }
+        }
+    }
+
+    async fn data(self: Arc<Self>, msg: Message) {
+        // arca.media.<id>.data.<system>.<verb>
+        let system = msg.subject.split('.').nth(4).unwrap_or_default().to_owned();
+        match MediaDataVerb::parse(verb(&msg.subject)) {
+            Some(MediaDataVerb::Put) => {
+                let r = self.clone().put(system, msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaDataVerb::Commit) => {
+                let r = self.clone().commit(system, msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaDataVerb::Get) => {
+                let r = self.clone().get(system, msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaDataVerb::Snapshot) => {
+                let r = self.get_snapshot(&msg.payload, Some(&system)).await;
+                respond(&self.client, &msg, r).await
+            }
+            None => {
+                let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
+                    "unknown verb in {}",
+                    msg.subject
+                )));
+                respond(&self.client, &msg, r).await
+            }
+        }
+    }
+
+    fn open_session(&self, payload: &[u8]) -> Result<SessionOpened, ErrorReply> {
+        let req: OpenSession = decode_request(payload)?;
+        if !subject::valid_token(&req.system) {
+            return Err(ErrorReply::bad_request(format!(
+                "invalid system name {:?}",
+                req.system
+            )));
+        }
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if let Some((id, _)) = sessions.iter().find(|(_, s)| s.job == req.job) {
+            return Ok(SessionOpened {
+                session: id.clone(),
+            });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::info!(job = %req.job, system = %req.system, session = %id, "session opened");
+        sessions.insert(
+            id.clone(),
+            Session {
+                job: req.job,
+                system: req.system,
+                paths: req.paths,
+                committed: None,
+            },
+        );
+        Ok(SessionOpened { session: id })
+    }
+
+    /// Checks that `session` exists and belongs to `system`.
+    fn check_session(&self, session: &str, system: &str) -> Result<(), ErrorReply> {
+        let sessions = self.sessions.lock().expect("sessions lock");
+        match sessions.get(session) {
+            Some(s) if s.system == system => Ok(()),
+            Some(_) => Err(ErrorReply::bad_request(format!(
+                "session {session} does not belong to system {system}"
+            ))),
+            None => Err(ErrorReply::not_found(format!(
+                "no session {session} on media {}; the media service may have restarted: run the backup again",
+                self.id
+            ))),
+        }
+    }
+
+    async fn put(
+        self: Arc<Self>,
+        system: String,
+        payload: bytes::Bytes,
+    ) -> Result<ChunkStored, ErrorReply> {
+        let req: PutChunk = decode_request(&payload)?;
+        self.check_session(&req.session, &system)?;
+        tokio::task::spawn_blocking(move || {
+            if self.repo.has_chunk(&system, &req.id) {
+                return Ok(ChunkStored { new: false });
+            }
+            frame::decode(&req.frame, &req.id).map_err(|e| e.to_reply())?;
+            let new = self
+                .repo
+                .put_chunk(&system, &req.id, &req.frame)
+                .map_err(|e| e.to_reply())?;
+            Ok(ChunkStored { new })
+        })
+        .await
+        .map_err(|e| ErrorReply::internal(format!("put task failed: {e}")))?
+    }
+
+    async fn get(
+        self: Arc<Self>,
+        system: String,
+        payload: bytes::Bytes,
+    ) -> Result<ChunkData, ErrorReply> {
+        let req: GetChunk = decode_request(&payload)?;
+        tokio::task::spawn_blocking(move || {
+            let frame = self
+                .repo
+                .get_chunk(&system, &req.id)
+                .map_err(|e| e.to_reply())?;
+            Ok(ChunkData { frame })
+        })
+        .await
+        .map_err(|e| ErrorReply::internal(format!("get task failed: {e}")))?
+    }
+
+    async fn commit(
+        self: Arc<Self>,
+        system: String,
+        payload: bytes::Bytes,
+    ) -> Result<SnapshotCommitted, ErrorReply> {
+        let req: CommitSnapshot = decode_request(&payload)?;
+        self.check_session(&req.session, &system)?;
+        let (job, paths) = {
+            let sessions = self.sessions.lock().expect("sessions lock");
+            let s = &sessions[&req.session];
+            if let Some(info) = &s.committed {
+                return Ok(SnapshotCommitted {
+                    snapshot: info.clone(),
+                });
+            }
+            (s.job, s.paths.clone())
+        };
+        let me = self.clone();
+        let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, ErrorReply> {
+            me.check_tree_complete(&system, &req.tree)?;
+            let info = SnapshotInfo {
+                id: SnapshotId::new(),
+                system: system.clone(),
+                job,
+                time: chrono::Utc::now(),
+                paths,
+                media: me.id.clone(),
+                stats: req.stats,
+                file_errors: req.file_errors,
+            };
+            me.repo
+                .write_snapshot(&SnapshotRecord {
+                    info: info.clone(),
+                    tree: req.tree,
+                })
+                .map_err(|e| e.to_reply())?;
+            Ok(info)
+        })
+        .await
+        .map_err(|e| ErrorReply::internal(format!("commit task failed: {e}")))??;
+        tracing::info!(snapshot = %info.id, system = %info.system, job = %info.job, "snapshot committed");
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if let Some(s) = sessions.get_mut(&req.session) {
+            s.committed = Some(info.clone());
+        }
+        Ok(SnapshotCommitted { snapshot: info })
+    }
+
+    /// Invariant 3: a snapshot is committed only when every chunk it
+    /// references is durably stored.
+    fn check_tree_complete(
+        &self,
+        system: &str,
+        tree: &[arca_schemas::ChunkId],
+    ) -> Result<(), ErrorReply> {
+        for id in tree {
+            let frame_bytes = self.repo.get_chunk(system, id).map_err(|e| e.to_reply())?;
+            let plain = frame::decode(&frame_bytes, id).map_err(|e| e.to_reply())?;
+            let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
+                ErrorReply::bad_request(format!("tree chunk {id} is not a tree: {e}"))
+            })?;
+            for node in &batch.nodes {
+                if let NodeKind::File { chunks } = &node.kind {
+                    if let Some(missing) = chunks.iter().find(|c| !self.repo.has_chunk(system, c)) {
+                        return Err(ErrorReply::bad_request(format!(
+                            "chunk {missing} of {} is not stored; snapshot not committed",
+                            String::from_utf8_lossy(&node.path)
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_snapshots(&self, payload: &[u8]) -> Result<ListSnapshotsReply, ErrorReply> {
+        let req: MediaListSnapshots = decode_request(payload)?;
+        let repo = self.repo.clone();
+        let records =
+            tokio::task::spawn_blocking(move || repo.list_snapshots(req.system.as_deref()))
+                .await
+                .map_err(|e| ErrorReply::internal(e.to_string()))?
+                .map_err(|e| e.to_reply())?;
+        let mut snapshots: Vec<_> = records.into_iter().map(|r| r.info).collect();
+        snapshots.reverse();
+        Ok(ListSnapshotsReply { snapshots })
+    }
+
+    /// A snapshot's record; with `system`, only when it belongs to it.
+    async fn get_snapshot(
+        &self,
+        payload: &[u8],
+        system: Option<&str>,
+    ) -> Result<SnapshotReply, ErrorReply> {
+        let req: GetSnapshot = decode_request(payload)?;
+        let repo = self.repo.clone();
+        let id = req.snapshot.clone();
+        let record = tokio::task::spawn_blocking(move || repo.read_snapshot(&id))
+            .await
+            .map_err(|e| ErrorReply::internal(e.to_string()))?
+            .map_err(|e| e.to_reply())?;
+        if system.is_some_and(|s| s != record.info.system) {
+            return Err(ErrorReply::not_found(format!("snapshot {}", req.snapshot)));
+        }
+        Ok(SnapshotReply {
+            info: record.info,
+            tree: record.tree,
+        })
+    }
+}

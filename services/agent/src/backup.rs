@@ -1,0 +1,361 @@
+//! Reading the system's paths and streaming them to media.
+//!
+//! A blocking reader thread walks the paths (folders before what they
+//! hold, names sorted), cuts each file into content-defined chunks
+//! (FastCDC), hashes and compresses them, and hands frames over a bounded
+//! channel to the sender. The sender keeps at most `window` chunks
+//! unacknowledged; media acknowledges each after a durable write. The tree
+//! goes last, as tree chunks, and the snapshot is committed only after
+//! every acknowledgement has arrived.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arca_repo::frame;
+use arca_runtime::rpc::{self, RpcError};
+use arca_schemas::error::ErrorReply;
+use arca_schemas::job::FileError;
+use arca_schemas::msg::{
+    ChunkStored, CommitSnapshot, PutChunk, SnapshotCommitted, StartBackupTransfer, TransferOutcome,
+};
+use arca_schemas::subject::{self, MediaDataVerb};
+use arca_schemas::tree::{Node, NodeKind, TreeBatch};
+use arca_schemas::{ChunkId, codec};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::Progress;
+
+/// How the reader cuts and compresses.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkParams {
+    /// Smallest chunk.
+    pub min: usize,
+    /// Average chunk.
+    pub avg: usize,
+    /// Largest chunk.
+    pub max: usize,
+    /// zstd level.
+    pub level: i32,
+}
+
+/// Nodes per tree chunk.
+const TREE_BATCH: usize = 4096;
+
+enum Item {
+    Chunk { id: ChunkId, frame: Vec<u8> },
+    Done { tree: Vec<ChunkId> },
+}
+
+/// Runs one backup transfer to its end.
+pub async fn run(
+    client: async_nats::Client,
+    system: String,
+    req: StartBackupTransfer,
+    params: ChunkParams,
+    window: usize,
+    progress: Arc<Mutex<Progress>>,
+) -> TransferOutcome {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
+    let reader_progress = progress.clone();
+    let paths = req.paths.clone();
+    let reader =
+        tokio::task::spawn_blocking(move || read_all(&paths, params, tx, &reader_progress));
+
+    let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
+    let mut in_flight = FuturesUnordered::new();
+    let mut tree = None;
+    let mut failure: Option<ErrorReply> = None;
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let done: Result<(ChunkStored, usize), RpcError> = done;
+                match done {
+                    Ok((stored, wire)) => {
+                        let mut p = progress.lock().expect("progress lock");
+                        p.stats.wire_bytes += wire as u64;
+                        if stored.new {
+                            p.stats.new_chunks += 1;
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e.to_reply());
+                        break;
+                    }
+                }
+            }
+            item = rx.recv(), if in_flight.len() < window && tree.is_none() => {
+                match item {
+                    Some(Item::Chunk { id, frame }) => {
+                        let body = PutChunk { session: req.session.clone(), id, frame };
+                        let subject = put_subject.clone();
+                        let client = client.clone();
+                        in_flight.push(async move {
+                            let wire = body.frame.len();
+                            let r = rpc::retry(Duration::from_secs(30), || {
+                                rpc::request_with_timeout::<_, ChunkStored>(&client, subject.clone(), &body, Duration::from_secs(60))
+                            })
+                            .await?;
+                            Ok((r, wire))
+                        });
+                    }
+                    Some(Item::Done { tree: t }) => tree = Some(t),
+                    None => {
+                        // The reader ended without Done: it failed.
+                        break;
+                    }
+                }
+            }
+            else => break,
+        }
+        if tree.is_some() && in_flight.is_empty() {
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await;
+    let (stats, file_errors) = {
+        let p = progress.lock().expect("progress lock");
+        (p.stats.clone(), p.file_errors.clone())
+    };
+    let outcome = |snapshot, error| TransferOutcome {
+        stats: stats.clone(),
+        snapshot,
+        file_errors: file_errors.clone(),
+        error,
+    };
+    if let Some(e) = failure {
+        return outcome(None, Some(e));
+    }
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return outcome(None, Some(e)),
+        Err(e) => {
+            return outcome(
+                None,
+                Some(ErrorReply::internal(format!("reader crashed: {e}"))),
+            );
+        }
+    }
+    let Some(tree) = tree else {
+        return outcome(
+            None,
+            Some(ErrorReply::internal("reader ended without a tree")),
+        );
+    };
+    let commit = CommitSnapshot {
+        session: req.session.clone(),
+        tree,
+        stats: stats.clone(),
+        file_errors: file_errors.clone(),
+    };
+    let subject = subject::media_data(&req.media, &system, MediaDataVerb::Commit);
+    match rpc::retry(Duration::from_secs(30), || {
+        rpc::request_with_timeout::<_, SnapshotCommitted>(
+            &client,
+            subject.clone(),
+            &commit,
+            Duration::from_secs(300),
+        )
+    })
+    .await
+    {
+        Ok(c) => outcome(Some(c.snapshot.id), None),
+        Err(e) => outcome(None, Some(e.to_reply())),
+    }
+}
+
+struct Reader<'a> {
+    params: ChunkParams,
+    tx: tokio::sync::mpsc::Sender<Item>,
+    progress: &'a Mutex<Progress>,
+    sent: HashSet<ChunkId>,
+    batch: TreeBatch,
+    tree: Vec<ChunkId>,
+}
+
+/// The reader thread: walks, chunks, and feeds the sender.
+fn read_all(
+    paths: &[String],
+    params: ChunkParams,
+    tx: tokio::sync::mpsc::Sender<Item>,
+    progress: &Mutex<Progress>,
+) -> Result<(), ErrorReply> {
+    let mut r = Reader {
+        params,
+        tx,
+        progress,
+        sent: HashSet::new(),
+        batch: TreeBatch::default(),
+        tree: Vec::new(),
+    };
+    let mut present = 0;
+    for p in paths {
+        let path = Path::new(p);
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {
+                present += 1;
+                r.walk(path)?;
+            }
+            Err(e) => r.file_error(path, format!("cannot back up configured path: {e}")),
+        }
+    }
+    if present == 0 {
+        return Err(ErrorReply::bad_request(format!(
+            "none of the configured paths exists on this system: {}",
+            paths.join(", ")
+        )));
+    }
+    r.flush_batch()?;
+    let tree = std::mem::take(&mut r.tree);
+    r.tx.blocking_send(Item::Done { tree })
+        .map_err(|_| ErrorReply::internal("transfer stopped"))
+}
+
+impl Reader<'_> {
+    fn file_error(&self, path: &Path, error: String) {
+        tracing::warn!(path = %path.display(), %error, "file skipped");
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .file_errors
+            .push(FileError {
+                path: path.to_string_lossy().into_owned(),
+                error,
+            });
+    }
+
+    fn walk(&mut self, root: &Path) -> Result<(), ErrorReply> {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let md = match std::fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) => {
+                    self.file_error(&path, format!("cannot read metadata: {e}"));
+                    continue;
+                }
+            };
+            let ft = md.file_type();
+            if ft.is_dir() {
+                self.push(node(&path, NodeKind::Dir, &md))?;
+                match std::fs::read_dir(&path) {
+                    Ok(entries) => {
+                        let mut names: Vec<PathBuf> =
+                            entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                        // Popped from the end: reverse order visits names ascending.
+                        names.sort_by(|a, b| b.cmp(a));
+                        stack.extend(names);
+                    }
+                    Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
+                }
+            } else if ft.is_symlink() {
+                match std::fs::read_link(&path) {
+                    Ok(target) => {
+                        let kind = NodeKind::Symlink {
+                            target: target.as_os_str().as_bytes().to_vec(),
+                        };
+                        self.push(node(&path, kind, &md))?;
+                    }
+                    Err(e) => self.file_error(&path, format!("cannot read link: {e}")),
+                }
+            } else if ft.is_file() {
+                self.file(&path)?;
+            } else {
+                self.file_error(&path, "special files are not backed up yet".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path) -> Result<(), ErrorReply> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.file_error(path, format!("cannot open: {e}"));
+                return Ok(());
+            }
+        };
+        let md = match file.metadata() {
+            Ok(md) => md,
+            Err(e) => {
+                self.file_error(path, format!("cannot read metadata: {e}"));
+                return Ok(());
+            }
+        };
+        self.progress.lock().expect("progress lock").current =
+            Some(path.to_string_lossy().into_owned());
+        let p = self.params;
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        for chunk in fastcdc::v2020::StreamCDC::new(file, p.min, p.avg, p.max) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    self.file_error(path, format!("read failed: {e}"));
+                    return Ok(());
+                }
+            };
+            size += chunk.length as u64;
+            let id = frame::chunk_id(&chunk.data);
+            chunks.push(id);
+            {
+                let mut pr = self.progress.lock().expect("progress lock");
+                pr.stats.bytes += chunk.length as u64;
+                pr.stats.chunks += 1;
+            }
+            self.send(id, &chunk.data)?;
+        }
+        let mut n = node(path, NodeKind::File { chunks }, &md);
+        n.size = size;
+        self.progress.lock().expect("progress lock").stats.files += 1;
+        self.push(n)
+    }
+
+    fn send(&mut self, id: ChunkId, data: &[u8]) -> Result<(), ErrorReply> {
+        if !self.sent.insert(id) {
+            return Ok(());
+        }
+        let frame = frame::encode(data, self.params.level);
+        self.tx
+            .blocking_send(Item::Chunk { id, frame })
+            .map_err(|_| ErrorReply::internal("transfer stopped"))
+    }
+
+    fn push(&mut self, n: Node) -> Result<(), ErrorReply> {
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        self.batch.nodes.push(n);
+        if self.batch.nodes.len() >= TREE_BATCH {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), ErrorReply> {
+        if self.batch.nodes.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let bytes = codec::encode(&batch).map_err(|e| ErrorReply::internal(e.to_string()))?;
+        let id = frame::chunk_id(&bytes);
+        self.tree.push(id);
+        self.send(id, &bytes)
+    }
+}
+
+fn node(path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
+    Node {
+        path: path.as_os_str().as_bytes().to_vec(),
+        kind,
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        size: 0,
+    }
+}

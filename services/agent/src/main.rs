@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The Arca disk agent: backs up and restores the files of one system.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, env = "ARCA_AGENT_CONFIG")]
+    config: PathBuf,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    arca_runtime::telemetry::init("arca-agent");
+    let config: arca_agent::Config = arca_runtime::config::load(&args.config)?;
+    let client =
+        arca_runtime::connect(&args.nats_url, &format!("arca-agent-{}", config.system)).await?;
+    arca_agent::run(config, client, arca_runtime::shutdown::signal()).await
+}

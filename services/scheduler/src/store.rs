@@ -1,0 +1,109 @@
+//! The scheduler's state in JetStream key-value buckets: systems, job
+//! records and the snapshot catalog.
+
+use arca_schemas::error::ErrorReply;
+use arca_schemas::msg::SnapshotInfo;
+use arca_schemas::{ErrorCode, JobId, JobRecord, SnapshotId, SystemConfig, codec};
+use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::Scheduler;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, format!("cannot {what}: {e}"))
+}
+
+async fn put<T: Serialize>(store: &kv::Store, key: &str, value: &T) -> Result<(), ErrorReply> {
+    let bytes = codec::encode(value).map_err(|e| ErrorReply::internal(e.to_string()))?;
+    store
+        .put(key, bytes.into())
+        .await
+        .map_err(|e| unavailable(&format!("store {key}"), e))?;
+    Ok(())
+}
+
+async fn get<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Result<Option<T>, ErrorReply> {
+    match store
+        .get(key)
+        .await
+        .map_err(|e| unavailable(&format!("read {key}"), e))?
+    {
+        Some(bytes) => codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| ErrorReply::internal(format!("record {key} is unreadable: {e}"))),
+        None => Ok(None),
+    }
+}
+
+async fn all<T: DeserializeOwned>(store: &kv::Store) -> Result<Vec<T>, ErrorReply> {
+    let keys: Vec<String> = match store.keys().await {
+        Ok(k) => k
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("list keys", e))?,
+        Err(e) => return Err(unavailable("list keys", e)),
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = get(store, &k).await? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+impl Scheduler {
+    pub(crate) async fn put_system(&self, s: &SystemConfig) -> Result<(), ErrorReply> {
+        put(&self.state.systems, &s.name, s).await
+    }
+
+    pub(crate) async fn system(&self, name: &str) -> Result<SystemConfig, ErrorReply> {
+        if !arca_schemas::subject::valid_token(name) {
+            return Err(ErrorReply::bad_request(format!(
+                "{name:?} is not a valid system name"
+            )));
+        }
+        get(&self.state.systems, name).await?.ok_or_else(|| {
+            ErrorReply::not_found(format!(
+                "unknown system {name:?}; register it with `arca systems load FILE` (see `arca systems list`)"
+            ))
+        })
+    }
+
+    pub(crate) async fn all_systems(&self) -> Result<Vec<SystemConfig>, ErrorReply> {
+        all(&self.state.systems).await
+    }
+
+    pub(crate) async fn put_job(&self, rec: &JobRecord) -> Result<(), ErrorReply> {
+        put(&self.state.jobs, &rec.id.to_string(), rec).await
+    }
+
+    pub(crate) async fn load_job(&self, id: &JobId) -> Result<Option<JobRecord>, ErrorReply> {
+        get(&self.state.jobs, &id.to_string()).await
+    }
+
+    pub(crate) async fn all_jobs(&self) -> Result<Vec<JobRecord>, ErrorReply> {
+        all(&self.state.jobs).await
+    }
+
+    pub(crate) async fn put_catalog(&self, info: &SnapshotInfo) -> Result<(), ErrorReply> {
+        put(&self.state.snapshots, &info.id.0, info).await
+    }
+
+    pub(crate) async fn catalog_entry(&self, id: &SnapshotId) -> Result<SnapshotInfo, ErrorReply> {
+        let unknown = || {
+            ErrorReply::not_found(format!(
+                "unknown snapshot {id}; `arca snapshots` lists the snapshots there are"
+            ))
+        };
+        if SnapshotId::parse(&id.0).is_none() {
+            return Err(unknown());
+        }
+        get(&self.state.snapshots, &id.0).await?.ok_or_else(unknown)
+    }
+
+    pub(crate) async fn all_snapshots(&self) -> Result<Vec<SnapshotInfo>, ErrorReply> {
+        all(&self.state.snapshots).await
+    }
+}

@@ -30,7 +30,11 @@ pub struct JobEvent {
 
 /// What happened, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum EventDetail {
     /// The job was created and queued.
     Selected {

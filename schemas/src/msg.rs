@@ -236,7 +236,7 @@ pub struct Pong {
 }
 
 /// Which side of a job a hook belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookPhase {
     /// Before a backup reads files.

@@ -14,13 +14,13 @@ pub fn chunk_id(data: &[u8]) -> ChunkId {
 
 /// Frames `data`, compressing at `level` when that helps.
 pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, level) {
-        if compressed.len() < data.len() {
-            let mut out = Vec::with_capacity(compressed.len() + 2);
-            out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_ZSTD]);
-            out.extend_from_slice(&compressed);
-            return out;
-        }
+    if let Ok(compressed) = zstd::bulk::compress(data, level)
+        && compressed.len() < data.len()
+    {
+        let mut out = Vec::with_capacity(compressed.len() + 2);
+        out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_ZSTD]);
+        out.extend_from_slice(&compressed);
+        return out;
     }
     let mut out = Vec::with_capacity(data.len() + 2);
     out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_NONE]);

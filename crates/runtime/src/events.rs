@@ -49,19 +49,18 @@ pub async fn follow(
         })
         .await?;
     let messages = consumer.messages().await?;
-    let events = messages
-        .map(|m| -> anyhow::Result<JobEvent> {
-            let m = m?;
-            Ok(serde_json::from_slice(&m.payload)?)
-        })
-        .scan(false, |ended, e| {
-            if *ended {
-                return futures::future::ready(None);
-            }
-            if let Ok(ev) = &e {
-                *ended = matches!(ev.detail, EventDetail::Ended { .. });
-            }
-            futures::future::ready(Some(e))
-        });
+    // Ends right after `ended`, without waiting for a message that will
+    // never come.
+    let events = futures::stream::unfold((messages, false), |(mut messages, ended)| async move {
+        if ended {
+            return None;
+        }
+        let event = match messages.next().await? {
+            Ok(m) => serde_json::from_slice::<JobEvent>(&m.payload).map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        let ended = matches!(&event, Ok(e) if matches!(e.detail, EventDetail::Ended { .. }));
+        Some((event, (messages, ended)))
+    });
     Ok(events)
 }

@@ -96,11 +96,14 @@ pub struct Progress {
     pub outcome: Option<TransferOutcome>,
 }
 
+/// The result of each (job, hook phase), shared by repeated requests.
+type HookResults = HashMap<(JobId, HookPhase), Arc<OnceCell<HookReply>>>;
+
 struct Agent {
     config: Config,
     params: backup::ChunkParams,
     client: Client,
-    hooks: Mutex<HashMap<(JobId, &'static str), Arc<OnceCell<HookReply>>>>,
+    hooks: Mutex<HookResults>,
     transfers: Mutex<HashMap<JobId, Arc<Mutex<Progress>>>>,
 }
 
@@ -208,7 +211,7 @@ impl Agent {
         self.hooks
             .lock()
             .expect("hooks lock")
-            .entry((job, phase.as_str()))
+            .entry((job, phase))
             .or_default()
             .clone()
     }

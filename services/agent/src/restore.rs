@@ -291,10 +291,10 @@ impl Writer {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create folder: {e}"))?;
         }
-        if let Ok(md) = std::fs::symlink_metadata(dest) {
-            if !md.is_dir() {
-                std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
-            }
+        if let Ok(md) = std::fs::symlink_metadata(dest)
+            && !md.is_dir()
+        {
+            std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
         }
         std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
             .map_err(|e| format!("cannot create symlink: {e}"))?;
@@ -352,10 +352,10 @@ fn apply_metadata(path: &Path, node: &Node, symlink: bool) -> Result<(), String>
         std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))
     };
     // Only root may give files away; others keep their own ownership.
-    if let Err(e) = owner {
-        if rustix::process::geteuid().is_root() {
-            return Err(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
-        }
+    if let Err(e) = owner
+        && rustix::process::geteuid().is_root()
+    {
+        return Err(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
     }
     if !symlink {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))

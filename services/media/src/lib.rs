@@ -290,13 +290,13 @@ impl Media {
                 ErrorReply::bad_request(format!("tree chunk {id} is not a tree: {e}"))
             })?;
             for node in &batch.nodes {
-                if let NodeKind::File { chunks } = &node.kind {
-                    if let Some(missing) = chunks.iter().find(|c| !self.repo.has_chunk(system, c)) {
-                        return Err(ErrorReply::bad_request(format!(
-                            "chunk {missing} of {} is not stored; snapshot not committed",
-                            String::from_utf8_lossy(&node.path)
-                        )));
-                    }
+                if let NodeKind::File { chunks } = &node.kind
+                    && let Some(missing) = chunks.iter().find(|c| !self.repo.has_chunk(system, c))
+                {
+                    return Err(ErrorReply::bad_request(format!(
+                        "chunk {missing} of {} is not stored; snapshot not committed",
+                        String::from_utf8_lossy(&node.path)
+                    )));
                 }
             }
         }

@@ -243,13 +243,11 @@ impl Scheduler {
         let req: StartRestore = decode_request(p)?;
         let info = self.catalog_entry(&req.snapshot).await?;
         self.system(&info.system).await?;
-        if let Some(t) = &req.target {
-            if !t.starts_with('/') {
-                return Err(ErrorReply::bad_request(format!(
-                    "restore target {t:?} must be an absolute path on system {}",
-                    info.system
-                )));
-            }
+        if let Some(t) = req.target.as_ref().filter(|t| !t.starts_with('/')) {
+            return Err(ErrorReply::bad_request(format!(
+                "restore target {t:?} must be an absolute path on system {}",
+                info.system
+            )));
         }
         let id = self
             .create_job(
@@ -267,7 +265,7 @@ impl Scheduler {
         let req: ListJobs = decode_request(p)?;
         let mut jobs = self.all_jobs().await?;
         jobs.retain(|j| req.system.as_ref().is_none_or(|s| &j.system == s));
-        jobs.sort_by(|a, b| b.created.cmp(&a.created));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created));
         Ok(ListJobsReply { jobs })
     }
 
@@ -282,7 +280,7 @@ impl Scheduler {
         let req: ListSnapshots = decode_request(p)?;
         let mut snapshots = self.all_snapshots().await?;
         snapshots.retain(|s| req.system.as_ref().is_none_or(|n| &s.system == n));
-        snapshots.sort_by(|a, b| b.time.cmp(&a.time));
+        snapshots.sort_by_key(|s| std::cmp::Reverse(s.time));
         Ok(ListSnapshotsReply { snapshots })
     }
 

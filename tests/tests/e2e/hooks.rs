@@ -1,0 +1,127 @@
+use std::time::Duration;
+
+use arca_e2e::{Stack, kinds, sh_hook, system};
+use arca_schemas::JobStatus;
+use arca_testkit::tree::write_pseudo_random;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pre_hook_runs_before_data_moves_and_post_after_the_commit() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    write_pseudo_random(&data.path().join("f"), 5_000_000, 3).unwrap();
+    let repo = stack.repo_dir();
+    let m = marks.path().display();
+    let mut sys = system("hk", &[data.path()]);
+    // The pre hook counts chunk files already stored; the post hook counts
+    // committed snapshots. Both record the job id they were given.
+    sys.hooks.pre_backup = Some(sh_hook(&format!(
+        "echo \"$ARCA_JOB_ID\" > {m}/pre.job; find {} -path '*chunks*' -type f 2>/dev/null | wc -l > {m}/pre.chunks",
+        repo.display()
+    )));
+    sys.hooks.post_backup = Some(sh_hook(&format!(
+        "echo \"$ARCA_JOB_ID\" > {m}/post.job; ls {}/systems/hk/snapshots | wc -l > {m}/post.snapshots",
+        repo.display()
+    )));
+    stack.load_systems(vec![sys]).await.unwrap();
+    stack
+        .start_agent("hk", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+
+    let job = stack.backup(&["hk"]).await.unwrap()[0];
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    let read = |name: &str| {
+        std::fs::read_to_string(marks.path().join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("pre.chunks"), "0", "data moved before the pre hook");
+    assert_eq!(
+        read("post.snapshots"),
+        "1",
+        "post hook ran before the snapshot was committed"
+    );
+    assert_eq!(read("pre.job"), job.to_string());
+    assert_eq!(read("post.job"), job.to_string());
+    let k = kinds(&events);
+    let pos = |kind: &str| {
+        k.iter()
+            .position(|x| *x == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {k:?}"))
+    };
+    assert!(pos("prepared") < pos("transferred"));
+    assert!(pos("transferred") < pos("finished"));
+    assert!(pos("finished") < pos("window-closed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_media_dies_mid_transfer_the_post_hook_runs_and_nothing_is_listed() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    write_pseudo_random(&data.path().join("big"), 400_000_000, 9).unwrap();
+    let m = marks.path().display();
+    let mut sys = system("km", &[data.path()]);
+    sys.hooks.pre_backup = Some(sh_hook(&format!("touch {m}/pre")));
+    sys.hooks.post_backup = Some(sh_hook(&format!("touch {m}/post")));
+    stack.load_systems(vec![sys]).await.unwrap();
+    stack
+        .start_agent("km", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+
+    let job = stack.backup(&["km"]).await.unwrap()[0];
+    // Kill media as soon as the first chunk reaches the repository.
+    let chunks = stack.repo_dir().join("systems/km/chunks");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = walk_count(&chunks);
+        if stored > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no chunk was ever stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stack.kill("media");
+
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}");
+    assert!(rec.snapshot.is_none());
+    assert!(marks.path().join("pre").exists());
+    assert!(
+        marks.path().join("post").exists(),
+        "post hook did not run after a failed transfer"
+    );
+    let k = kinds(&events);
+    assert!(k.contains(&"finished"), "{k:?}");
+    assert!(k.contains(&"window-closed"), "{k:?}");
+    assert_eq!(*k.last().unwrap(), "ended");
+    assert!(stack.snapshots("km").await.unwrap().is_empty());
+    assert!(stack.open_windows().await.unwrap().is_empty());
+    assert!(
+        !stack.repo_dir().join("systems/km/snapshots").exists()
+            || walk_count(&stack.repo_dir().join("systems/km/snapshots")) == 0
+    );
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}

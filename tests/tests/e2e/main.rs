@@ -1,0 +1,17 @@
+//! End-to-end tests: a real nats-server and every service as a process.
+//!
+//! Fixtures (`arca_e2e`): `Stack::start()` runs nats-server, scheduler,
+//! firewall controller (`none` backend) and media in a temporary folder;
+//! `Stack::start_agent` adds the agent of a system, as root or as nobody.
+//! Service binaries must be built first (`cargo build --workspace --bins`,
+//! which `ops/test` does).
+//!
+//! - `round_trip`: a tree with every kind of entry and metadata restores equal.
+//! - `hooks`: pre and post hooks around the transfer, also when media dies.
+//! - `events`: a late subscriber reads a whole job; systems run one at a time.
+//! - `bad_input`: clear errors, and nothing half-written.
+
+mod bad_input;
+mod events;
+mod hooks;
+mod round_trip;

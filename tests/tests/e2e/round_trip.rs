@@ -1,0 +1,154 @@
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use arca_e2e::{Stack, system};
+use arca_testkit::tree::{compare, write_pseudo_random};
+use filetime::FileTime;
+
+fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Nested folders, empty files and folders, a 100 MB file, symlinks
+/// (relative, absolute, dangling), a non-UTF-8 name, unusual modes, owners
+/// and mtimes with nanoseconds.
+fn build_tree(root: &Path) {
+    let deep = root.join("a/b/c");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::write(root.join("a/empty-file"), b"").unwrap();
+    std::fs::write(deep.join("deep.txt"), b"deep inside\n".repeat(1000)).unwrap();
+    write_pseudo_random(&root.join("big.bin"), 100_000_000, 7).unwrap();
+    std::fs::write(
+        root.join("text.txt"),
+        b"compressible line of text\n".repeat(50_000),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(OsStr::from_bytes(b"caf\xe9-latin1.txt")),
+        b"not utf-8 name",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a/b/c/deep.txt", root.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("link-abs")).unwrap();
+    std::os::unix::fs::symlink("nowhere", root.join("link-dangling")).unwrap();
+    std::fs::write(root.join("secret"), b"private").unwrap();
+    set_mode(&root.join("secret"), 0o600);
+    std::fs::write(root.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    set_mode(&root.join("script.sh"), 0o755);
+    std::fs::write(root.join("owned"), b"someone else's").unwrap();
+    std::os::unix::fs::chown(root.join("owned"), Some(1234), Some(5678)).unwrap();
+    set_mode(&root.join("owned"), 0o4750);
+    std::os::unix::fs::lchown(root.join("link-rel"), Some(4321), Some(8765)).unwrap();
+    set_mode(&root.join("a/b"), 0o700);
+    // mtimes last, deepest first, with nanoseconds.
+    let mut stamp = 1_500_000_000i64;
+    for rel in [
+        "a/b/c/deep.txt",
+        "a/empty-file",
+        "big.bin",
+        "text.txt",
+        "secret",
+        "script.sh",
+        "owned",
+    ] {
+        stamp += 1000;
+        let t = FileTime::from_unix_time(stamp, 123_456_789);
+        filetime::set_file_times(root.join(rel), t, t).unwrap();
+    }
+    let t = FileTime::from_unix_time(1_400_000_000, 42);
+    filetime::set_symlink_file_times(root.join("link-rel"), t, t).unwrap();
+    for rel in ["a/b/c", "a/b", "a", "empty-dir"] {
+        stamp += 1000;
+        let t = FileTime::from_unix_time(stamp, 987_654_321);
+        filetime::set_file_times(root.join(rel), t, t).unwrap();
+    }
+}
+
+fn restored_path(target: &Path, original: &Path) -> std::path::PathBuf {
+    target.join(original.strip_prefix("/").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_restores_equal_byte_for_byte_and_in_metadata() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    build_tree(&src);
+    stack
+        .load_systems(vec![system("rt", &[&src])])
+        .await
+        .unwrap();
+    stack
+        .start_agent("rt", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+
+    // Back up through the operator's console.
+    let out = stack.arca(&["backup", "rt"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "backup failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    let snaps = stack.snapshots("rt").await.unwrap();
+    assert_eq!(snaps.len(), 1);
+    let snap = snaps[0].id.to_string();
+    assert_eq!(snaps[0].stats.files, 8);
+
+    // Restore into another folder: equal to the original.
+    let target = data.path().join("restored");
+    let out = stack.arca(&["restore", &snap, "--target", target.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    compare(&src, &restored_path(&target, &src)).unwrap();
+
+    // Damage the original, then restore in place: back as it was.
+    std::fs::remove_file(src.join("a/b/c/deep.txt")).unwrap();
+    std::fs::write(src.join("text.txt"), b"overwritten").unwrap();
+    std::fs::remove_file(src.join("link-rel")).unwrap();
+    let out = stack.arca(&["restore", &snap]);
+    assert!(
+        out.status.success(),
+        "in-place restore failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    compare(&restored_path(&target, &src), &src).unwrap();
+
+    // The list commands show the history.
+    let jobs = stack.arca(&["jobs"]);
+    let jobs = String::from_utf8_lossy(&jobs.stdout);
+    assert_eq!(jobs.matches("succeeded").count(), 3, "{jobs}");
+    let listed = stack.arca(&["snapshots"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&snap));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_tree_moves_no_new_chunks_the_second_time() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    write_pseudo_random(&data.path().join("f"), 20_000_000, 1).unwrap();
+    stack
+        .load_systems(vec![system("dd", &[data.path()])])
+        .await
+        .unwrap();
+    stack
+        .start_agent("dd", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+    let first = stack.backup(&["dd"]).await.unwrap()[0];
+    let (_, rec1) = stack.wait_job(first).await.unwrap();
+    let second = stack.backup(&["dd"]).await.unwrap()[0];
+    let (_, rec2) = stack.wait_job(second).await.unwrap();
+    assert!(rec1.stats.new_chunks > 0);
+    // Nothing changed, so even the tree chunk is one media already holds.
+    assert_eq!(rec2.stats.new_chunks, 0, "{rec2:#?}");
+    assert_ne!(rec1.snapshot, rec2.snapshot);
+}

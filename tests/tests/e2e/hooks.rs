@@ -23,6 +23,14 @@ async fn pre_hook_runs_before_data_moves_and_post_after_the_commit() {
         "echo \"$ARCA_JOB_ID\" > {m}/post.job; ls {}/systems/hk/snapshots | wc -l > {m}/post.snapshots",
         repo.display()
     )));
+    // Restore hooks see the snapshot and the target; the pre hook runs
+    // before the first file is written, the post hook after the last.
+    sys.hooks.pre_restore = Some(sh_hook(&format!(
+        "echo \"$ARCA_SNAPSHOT $ARCA_TARGET\" > {m}/pre-restore; ls \"$ARCA_TARGET\" 2>/dev/null | wc -l > {m}/pre-restore.files"
+    )));
+    sys.hooks.post_restore = Some(sh_hook(&format!(
+        "find \"$ARCA_TARGET\" -type f | wc -l > {m}/post-restore.files"
+    )));
     stack.load_systems(vec![sys]).await.unwrap();
     stack
         .start_agent("hk", arca_e2e::AgentUser::Same)
@@ -55,6 +63,15 @@ async fn pre_hook_runs_before_data_moves_and_post_after_the_commit() {
     assert!(pos("prepared") < pos("transferred"));
     assert!(pos("transferred") < pos("finished"));
     assert!(pos("finished") < pos("window-closed"));
+
+    let snap = rec.snapshot.unwrap();
+    let target = marks.path().join("restored");
+    let job = stack.restore(&snap, Some(&target)).await.unwrap();
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    assert_eq!(read("pre-restore"), format!("{snap} {}", target.display()));
+    assert_eq!(read("pre-restore.files"), "0");
+    assert_eq!(read("post-restore.files"), "1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

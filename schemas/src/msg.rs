@@ -309,6 +309,10 @@ pub struct StartBackupTransfer {
     pub session: String,
     /// Paths to back up.
     pub paths: Vec<String>,
+    /// The system's chunk-id key.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub chunk_key: [u8; 32],
 }
 
 /// Restore a snapshot onto this system.
@@ -323,6 +327,10 @@ pub struct StartRestoreTransfer {
     pub snapshot: SnapshotId,
     /// Folder to restore into; `None` puts files back where they were.
     pub target: Option<String>,
+    /// The system's chunk-id key, to check every restored byte.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub chunk_key: [u8; 32],
 }
 
 /// Answer to the start requests: the transfer runs on; poll its status.
@@ -402,6 +410,8 @@ pub struct PutChunk {
     pub session: String,
     /// Id of the chunk's plain bytes.
     pub id: ChunkId,
+    /// True for a tree chunk, false for file contents.
+    pub tree: bool,
     /// The chunk frame (see [`crate::chunk`]).
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
@@ -481,4 +491,99 @@ pub struct SnapshotReply {
 pub struct MediaListSnapshots {
     /// Only this system's snapshots.
     pub system: Option<String>,
+}
+
+/// The chunk-id key of a system, for its agent (scheduler to media).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetChunkKey {
+    /// System.
+    pub system: String,
+}
+
+/// Answer to [`GetChunkKey`]. The key names chunks; it decrypts nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunkKey {
+    /// BLAKE3 key for chunk ids of this system.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub key: [u8; 32],
+}
+
+/// Which of these chunks does the repository hold for my system? (agent to media)
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct HasChunks {
+    /// Session of the backup asking.
+    pub session: String,
+    /// Chunk ids, at most [`MAX_HAS_BATCH`].
+    pub ids: Vec<ChunkId>,
+}
+
+/// Most ids one [`HasChunks`] may carry.
+pub const MAX_HAS_BATCH: usize = 4096;
+
+/// Answer to [`HasChunks`]: one flag per id, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct HasChunksReply {
+    /// True where the chunk is stored.
+    pub present: Vec<bool>,
+}
+
+/// Check the repository (operator to media).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyRepository {
+    /// Read, decrypt and hash chunks, not only the structure.
+    pub read_data: bool,
+    /// Percentage of packs to read with `read_data` (1 to 100).
+    pub subset_percent: u8,
+}
+
+/// Answer to [`VerifyRepository`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyReport {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Packs in the repository.
+    pub packs: u64,
+    /// Chunks read and hashed.
+    pub chunks_read: u64,
+    /// Everything found wrong; empty when the repository is sound.
+    pub problems: Vec<VerifyProblem>,
+}
+
+/// One thing wrong in a repository.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyProblem {
+    /// System whose data it is.
+    pub system: String,
+    /// The damaged or missing chunk, when it is one.
+    pub chunk: Option<ChunkId>,
+    /// What is wrong.
+    pub error: String,
+    /// Snapshots that need it.
+    pub snapshots: Vec<SnapshotId>,
+    /// Files that need it.
+    pub files: Vec<String>,
+}
+
+/// Rebuild the index from the packs (operator to media).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RepairIndex {}
+
+/// Answer to [`RepairIndex`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RepairIndexReply {
+    /// Packs read.
+    pub packs: u64,
+    /// Chunks indexed.
+    pub chunks: u64,
+    /// Damage found while reading.
+    pub damaged: Vec<String>,
 }

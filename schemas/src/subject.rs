@@ -140,12 +140,16 @@ verbs!(
         Session = "session",
         Snapshots = "snapshots",
         Snapshot = "snapshot",
+        ChunkKey = "chunk-key",
+        Verify = "verify",
+        RepairIndex = "repair-index",
     }
 );
 
 verbs!(
     /// Data verbs of a media service (spoken by an agent for its system).
     MediaDataVerb {
+        Has = "has",
         Put = "put",
         Commit = "commit",
         Get = "get",

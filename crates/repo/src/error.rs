@@ -26,6 +26,9 @@ pub enum RepoError {
         /// What is wrong.
         detail: String,
     },
+    /// The key file is missing, malformed, too open, or not this repository's.
+    #[error("{0}")]
+    Key(String),
     /// No such chunk or snapshot.
     #[error("{0} not found")]
     NotFound(String),
@@ -55,7 +58,7 @@ impl RepoError {
             RepoError::Io { .. } => ErrorCode::Storage,
             RepoError::Corrupt { .. } => ErrorCode::Corrupt,
             RepoError::NotFound(_) => ErrorCode::NotFound,
-            RepoError::Version { .. } => ErrorCode::Internal,
+            RepoError::Version { .. } | RepoError::Key(_) => ErrorCode::Internal,
         };
         ErrorReply::new(code, self.to_string())
     }

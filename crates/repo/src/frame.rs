@@ -1,15 +1,16 @@
 //! The chunk frame: `[version][compression][payload]` (see
 //! [`arca_schemas::chunk`]). Compression is zstd, skipped when it would not
-//! make the chunk smaller.
+//! make the chunk smaller. A chunk's id is the BLAKE3 hash of its plain
+//! bytes keyed with its system's chunk-id key.
 
 use arca_schemas::ChunkId;
 use arca_schemas::chunk::{COMPRESSION_NONE, COMPRESSION_ZSTD, FRAME_VERSION};
 
 use crate::RepoError;
 
-/// The id of plain chunk bytes.
-pub fn chunk_id(data: &[u8]) -> ChunkId {
-    ChunkId(*blake3::hash(data).as_bytes())
+/// The id of plain chunk bytes under a system's chunk-id key.
+pub fn chunk_id(key: &[u8; 32], data: &[u8]) -> ChunkId {
+    ChunkId(*blake3::keyed_hash(key, data).as_bytes())
 }
 
 /// Frames `data`, compressing at `level` when that helps.
@@ -31,8 +32,8 @@ pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
 /// Largest plain chunk a frame may decode to (guards against zstd bombs).
 pub const MAX_CHUNK: usize = 64 << 20;
 
-/// Decodes a frame and checks that its plain bytes have id `id`.
-pub fn decode(frame: &[u8], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+/// Decodes a frame and checks that its plain bytes have id `id` under `key`.
+pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
     let corrupt = |detail: String| RepoError::Corrupt {
         what: format!("chunk {id}"),
         detail,
@@ -50,7 +51,7 @@ pub fn decode(frame: &[u8], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
         }
         other => return Err(corrupt(format!("unknown compression {other}"))),
     };
-    let actual = chunk_id(&data);
+    let actual = chunk_id(key, &data);
     if actual != *id {
         return Err(corrupt(format!("content hashes to {actual}")));
     }
@@ -61,6 +62,8 @@ pub fn decode(frame: &[u8], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
 mod tests {
     use super::*;
 
+    const K: [u8; 32] = [9; 32];
+
     #[test]
     fn round_trip_compressible_and_not() {
         let text = b"abcabcabc".repeat(1000);
@@ -68,31 +71,35 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         for data in [&text[..], &noise[..], &[][..]] {
-            let id = chunk_id(data);
+            let id = chunk_id(&K, data);
             let frame = encode(data, 3);
             assert!(frame.len() <= data.len() + 2);
-            assert_eq!(decode(&frame, &id).unwrap(), data);
+            assert_eq!(decode(&frame, &K, &id).unwrap(), data);
         }
     }
 
     #[test]
-    fn a_flipped_byte_is_caught() {
+    fn a_flipped_byte_or_another_key_is_caught() {
         let data = b"hello world".repeat(100);
-        let id = chunk_id(&data);
+        let id = chunk_id(&K, &data);
         let mut frame = encode(&data, 3);
+        assert!(decode(&frame, &[8; 32], &id).is_err());
         let last = frame.len() - 1;
         frame[last] ^= 1;
         assert!(matches!(
-            decode(&frame, &id),
+            decode(&frame, &K, &id),
             Err(RepoError::Corrupt { .. })
         ));
     }
 
     #[test]
-    fn pinned_frame_header() {
+    fn pinned_frame_header_and_id() {
         let frame = encode(&[0u8; 4096], 3);
         assert_eq!(&frame[..2], &[1, 1]);
-        let frame = encode(b"x", 3);
-        assert_eq!(frame, vec![1, 0, b'x']);
+        assert_eq!(encode(b"x", 3), vec![1, 0, b'x']);
+        assert_eq!(
+            chunk_id(&[0; 32], b"arca").to_hex(),
+            blake3::keyed_hash(&[0; 32], b"arca").to_hex().to_string()
+        );
     }
 }

@@ -1,23 +1,36 @@
 //! The Arca repository on disk, and the chunk frame codec.
 //!
-//! Layout under the repository root (format version 0, the walking
-//! skeleton's; `docs/repository-format.md` describes it):
+//! `docs/repository-format.md` is the specification; in short:
 //!
 //! ```text
-//! config                                  MessagePack RepoConfig
-//! tmp/                                    files being written
-//! systems/<system>/chunks/<xx>/<id-hex>   one chunk frame per file
-//! systems/<system>/snapshots/<snapshot>   MessagePack SnapshotRecord
+//! config                                  MessagePack: format version, id, key check
+//! data/<system>/<xx>/<pack-id>            packs of sealed chunk records
+//! index/<system>/<pack-id>                index of one pack (rebuildable from it)
+//! snapshots/<system>/<snapshot-id>        sealed snapshot record
+//! tmp/                                    open packs and files being written
 //! ```
 //!
-//! Every file is written under `tmp/`, fsynced, renamed into place, and
-//! its folder fsynced, so a file that exists is whole and durable. A
-//! snapshot is written only after every chunk it names exists.
+//! The key file lives where the media service's configuration says (mode
+//! 0600); without it nothing in the repository can be read.
 
+pub mod crypto;
 pub mod error;
 pub mod frame;
 mod fsutil;
+pub mod pack;
 mod store;
+pub mod verify;
 
+pub use crypto::Keys;
 pub use error::RepoError;
-pub use store::{Repository, SnapshotRecord};
+pub use pack::Kind;
+pub use store::{
+    DEFAULT_PACK_SIZE, FORMAT_VERSION, IndexEntry, OpenReport, RepairReport, Repository,
+    SnapshotRecord,
+};
+
+/// Parses 64 hex digits.
+pub(crate) fn hex32(s: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(s).ok()?;
+    v.try_into().ok()
+}

@@ -21,7 +21,8 @@ use arca_runtime::rpc::{self, RpcError};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::job::FileError;
 use arca_schemas::msg::{
-    ChunkStored, CommitSnapshot, PutChunk, SnapshotCommitted, StartBackupTransfer, TransferOutcome,
+    ChunkStored, CommitSnapshot, HasChunks, HasChunksReply, PutChunk, SnapshotCommitted,
+    StartBackupTransfer, TransferOutcome,
 };
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
@@ -47,8 +48,14 @@ pub struct ChunkParams {
 const TREE_BATCH: usize = 4096;
 
 enum Item {
-    Chunk { id: ChunkId, frame: Vec<u8> },
-    Done { tree: Vec<ChunkId> },
+    Chunk {
+        id: ChunkId,
+        frame: Vec<u8>,
+        tree: bool,
+    },
+    Done {
+        tree: Vec<ChunkId>,
+    },
 }
 
 /// Runs one backup transfer to its end.
@@ -63,8 +70,16 @@ pub async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
     let reader_progress = progress.clone();
     let paths = req.paths.clone();
-    let reader =
-        tokio::task::spawn_blocking(move || read_all(&paths, params, tx, &reader_progress));
+    let asker = HasAsker {
+        client: client.clone(),
+        subject: subject::media_data(&req.media, &system, MediaDataVerb::Has),
+        session: req.session.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let key = req.chunk_key;
+    let reader = tokio::task::spawn_blocking(move || {
+        read_all(&paths, params, key, asker, tx, &reader_progress)
+    });
 
     let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
     let mut in_flight = FuturesUnordered::new();
@@ -91,8 +106,8 @@ pub async fn run(
             }
             item = rx.recv(), if in_flight.len() < window && tree.is_none() => {
                 match item {
-                    Some(Item::Chunk { id, frame }) => {
-                        let body = PutChunk { session: req.session.clone(), id, frame };
+                    Some(Item::Chunk { id, frame, tree }) => {
+                        let body = PutChunk { session: req.session.clone(), id, tree, frame };
                         let subject = put_subject.clone();
                         let client = client.clone();
                         in_flight.push(async move {
@@ -170,11 +185,49 @@ pub async fn run(
     }
 }
 
+/// Asks media which chunks it already holds, from the reader thread.
+struct HasAsker {
+    client: async_nats::Client,
+    subject: String,
+    session: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HasAsker {
+    fn ask(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>, ErrorReply> {
+        let n = ids.len();
+        let body = HasChunks {
+            session: self.session.clone(),
+            ids,
+        };
+        let reply: HasChunksReply = self
+            .runtime
+            .block_on(rpc::retry(Duration::from_secs(30), || {
+                rpc::request(&self.client, self.subject.clone(), &body)
+            }))
+            .map_err(|e| e.to_reply())?;
+        if reply.present.len() != n {
+            return Err(ErrorReply::internal(
+                "media answered for a different number of chunks",
+            ));
+        }
+        Ok(reply.present)
+    }
+}
+
+/// Chunks waiting for one "which do you have?" round trip.
+const PENDING_CHUNKS: usize = 256;
+const PENDING_BYTES: usize = 64 << 20;
+
 struct Reader<'a> {
     params: ChunkParams,
+    key: [u8; 32],
+    asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &'a Mutex<Progress>,
     sent: HashSet<ChunkId>,
+    pending: Vec<(ChunkId, Vec<u8>, bool)>,
+    pending_bytes: usize,
     batch: TreeBatch,
     tree: Vec<ChunkId>,
 }
@@ -183,14 +236,20 @@ struct Reader<'a> {
 fn read_all(
     paths: &[String],
     params: ChunkParams,
+    key: [u8; 32],
+    asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &Mutex<Progress>,
 ) -> Result<(), ErrorReply> {
     let mut r = Reader {
         params,
+        key,
+        asker,
         tx,
         progress,
         sent: HashSet::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
         batch: TreeBatch::default(),
         tree: Vec::new(),
     };
@@ -212,6 +271,7 @@ fn read_all(
         )));
     }
     r.flush_batch()?;
+    r.flush_pending()?;
     let tree = std::mem::take(&mut r.tree);
     r.tx.blocking_send(Item::Done { tree })
         .map_err(|_| ErrorReply::internal("transfer stopped"))
@@ -301,14 +361,14 @@ impl Reader<'_> {
                 }
             };
             size += chunk.length as u64;
-            let id = frame::chunk_id(&chunk.data);
+            let id = frame::chunk_id(&self.key, &chunk.data);
             chunks.push(id);
             {
                 let mut pr = self.progress.lock().expect("progress lock");
                 pr.stats.bytes += chunk.length as u64;
                 pr.stats.chunks += 1;
             }
-            self.send(id, &chunk.data)?;
+            self.send(id, chunk.data, false)?;
         }
         let mut n = node(path, NodeKind::File { chunks }, &md);
         n.size = size;
@@ -316,14 +376,39 @@ impl Reader<'_> {
         self.push(n)
     }
 
-    fn send(&mut self, id: ChunkId, data: &[u8]) -> Result<(), ErrorReply> {
+    /// Queues a chunk; chunks media already holds are never compressed
+    /// nor sent (deduplication over the wire, in batches).
+    fn send(&mut self, id: ChunkId, data: Vec<u8>, tree: bool) -> Result<(), ErrorReply> {
         if !self.sent.insert(id) {
             return Ok(());
         }
-        let frame = frame::encode(data, self.params.level);
-        self.tx
-            .blocking_send(Item::Chunk { id, frame })
-            .map_err(|_| ErrorReply::internal("transfer stopped"))
+        self.pending_bytes += data.len();
+        self.pending.push((id, data, tree));
+        if self.pending.len() >= PENDING_CHUNKS || self.pending_bytes >= PENDING_BYTES {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<(), ErrorReply> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let present = self
+            .asker
+            .ask(pending.iter().map(|(id, _, _)| *id).collect())?;
+        for ((id, data, tree), have) in pending.into_iter().zip(present) {
+            if have {
+                continue;
+            }
+            let frame = frame::encode(&data, self.params.level);
+            self.tx
+                .blocking_send(Item::Chunk { id, frame, tree })
+                .map_err(|_| ErrorReply::internal("transfer stopped"))?;
+        }
+        Ok(())
     }
 
     fn push(&mut self, n: Node) -> Result<(), ErrorReply> {
@@ -341,9 +426,9 @@ impl Reader<'_> {
         }
         let batch = std::mem::take(&mut self.batch);
         let bytes = codec::encode(&batch).map_err(|e| ErrorReply::internal(e.to_string()))?;
-        let id = frame::chunk_id(&bytes);
+        let id = frame::chunk_id(&self.key, &bytes);
         self.tree.push(id);
-        self.send(id, &bytes)
+        self.send(id, bytes, true)
     }
 }
 

@@ -108,7 +108,7 @@ async fn restore(
     let mut nodes = Vec::new();
     for id in &snap.tree {
         let frame_bytes = get_chunk(client, &get_subject, *id).await?;
-        let plain = frame::decode(&frame_bytes, id).map_err(|e| e.to_reply())?;
+        let plain = frame::decode(&frame_bytes, &req.chunk_key, id).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
             ErrorReply::new(
                 arca_schemas::ErrorCode::Corrupt,
@@ -120,7 +120,9 @@ async fn restore(
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Write_>(window.max(1) * 2);
     let writer_progress = progress.clone();
-    let writer = tokio::task::spawn_blocking(move || Writer::new(root, writer_progress).run(rx));
+    let key = req.chunk_key;
+    let writer =
+        tokio::task::spawn_blocking(move || Writer::new(root, key, writer_progress).run(rx));
     for node in nodes {
         let chunks = match &node.kind {
             NodeKind::File { chunks } => Some(chunks.clone()),
@@ -175,6 +177,7 @@ fn check_writable(target: &Path) -> Result<(), ErrorReply> {
 
 struct Writer {
     root: PathBuf,
+    key: [u8; 32],
     progress: Arc<Mutex<Progress>>,
     dirs: Vec<Node>,
     current: Option<OpenFile>,
@@ -188,9 +191,10 @@ struct OpenFile {
 }
 
 impl Writer {
-    fn new(root: PathBuf, progress: Arc<Mutex<Progress>>) -> Self {
+    fn new(root: PathBuf, key: [u8; 32], progress: Arc<Mutex<Progress>>) -> Self {
         Writer {
             root,
+            key,
             progress,
             dirs: Vec::new(),
             current: None,
@@ -306,7 +310,7 @@ impl Writer {
         if f.failed.is_some() {
             return;
         }
-        match frame::decode(frame_bytes, &id) {
+        match frame::decode(frame_bytes, &self.key, &id) {
             Ok(data) => {
                 if let Err(e) = f.tmp.write_all(&data) {
                     f.failed = Some(format!("write failed: {e}"));

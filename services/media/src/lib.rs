@@ -8,7 +8,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arca_repo::{Repository, SnapshotRecord, frame};
+use arca_repo::{Kind, Repository, SnapshotRecord, frame};
 use arca_runtime::rpc::{decode_request, respond, verb};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::*;
@@ -28,6 +28,17 @@ pub struct Config {
     pub id: String,
     /// Folder of the repository; created when missing.
     pub repository: PathBuf,
+    /// The repository's key file (mode 0600), created with the repository.
+    /// Default: `key` inside the repository folder; keep it elsewhere (and
+    /// backed up) to keep the key apart from the data.
+    pub key_file: Option<PathBuf>,
+    /// Target size of a pack, MiB.
+    #[serde(default = "default_pack_mib")]
+    pub pack_size_mib: u64,
+}
+
+fn default_pack_mib() -> u64 {
+    arca_repo::DEFAULT_PACK_SIZE >> 20
 }
 
 fn default_id() -> String {
@@ -59,7 +70,26 @@ pub async fn run(
         "media id {:?} is not a valid name (letters, digits, '-', '_')",
         config.id
     );
-    let repo = Repository::open_or_init(&config.repository)?;
+    let key_file = config
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.repository.join("key"));
+    let repository = config.repository.clone();
+    let pack_size = config.pack_size_mib << 20;
+    let (repo, report) = tokio::task::spawn_blocking(move || {
+        Repository::open_or_init(&repository, &key_file, pack_size)
+    })
+    .await??;
+    if report.recovered_packs > 0 || report.scanned_packs > 0 {
+        tracing::warn!(
+            recovered = report.recovered_packs,
+            scanned = report.scanned_packs,
+            "packs left by an interrupted run were recovered and indexed"
+        );
+    }
+    for p in &report.missing_packs {
+        tracing::error!(pack = %p, "an index file names a pack that does not exist; run `arca verify`");
+    }
     let media = Arc::new(Media {
         id: config.id.clone(),
         repo,
@@ -106,6 +136,37 @@ impl Media {
                 let r = self.get_snapshot(&msg.payload, None).await;
                 respond(&self.client, &msg, r).await
             }
+            Some(MediaVerb::ChunkKey) => {
+                let r = decode_request::<GetChunkKey>(&msg.payload).and_then(|req| {
+                    if !subject::valid_token(&req.system) {
+                        return Err(ErrorReply::bad_request(format!(
+                            "invalid system name {:?}",
+                            req.system
+                        )));
+                    }
+                    Ok(ChunkKey {
+                        key: self.repo.chunk_id_key(&req.system),
+                    })
+                });
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaVerb::Verify) => {
+                let r = self.clone().verify(msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaVerb::RepairIndex) => {
+                let repo = self.repo.clone();
+                let r = tokio::task::spawn_blocking(move || repo.repair_index())
+                    .await
+                    .map_err(|e| ErrorReply::internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| e.to_reply()))
+                    .map(|r| RepairIndexReply {
+                        packs: r.packs,
+                        chunks: r.chunks,
+                        damaged: r.damaged,
+                    });
+                respond(&self.client, &msg, r).await
+            }
             None => {
                 let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
                     "unknown verb in {}",
@@ -120,6 +181,10 @@ impl Media {
         // arca.media.<id>.data.<system>.<verb>
         let system = msg.subject.split('.').nth(4).unwrap_or_default().to_owned();
         match MediaDataVerb::parse(verb(&msg.subject)) {
+            Some(MediaDataVerb::Has) => {
+                let r = self.has(&system, &msg.payload);
+                respond(&self.client, &msg, r).await
+            }
             Some(MediaDataVerb::Put) => {
                 let r = self.clone().put(system, msg.payload.clone()).await;
                 respond(&self.client, &msg, r).await
@@ -200,15 +265,52 @@ impl Media {
             if self.repo.has_chunk(&system, &req.id) {
                 return Ok(ChunkStored { new: false });
             }
-            frame::decode(&req.frame, &req.id).map_err(|e| e.to_reply())?;
+            // The agent's claim is checked: the frame must hash to its id
+            // under the system's key, so a chunk can never lie about itself.
+            frame::decode(&req.frame, &self.repo.chunk_id_key(&system), &req.id)
+                .map_err(|e| e.to_reply())?;
+            let kind = if req.tree { Kind::Tree } else { Kind::Data };
             let new = self
                 .repo
-                .put_chunk(&system, &req.id, &req.frame)
+                .put_chunk(&system, kind, &req.id, &req.frame)
                 .map_err(|e| e.to_reply())?;
             Ok(ChunkStored { new })
         })
         .await
         .map_err(|e| ErrorReply::internal(format!("put task failed: {e}")))?
+    }
+
+    fn has(&self, system: &str, payload: &[u8]) -> Result<HasChunksReply, ErrorReply> {
+        let req: HasChunks = decode_request(payload)?;
+        self.check_session(&req.session, system)?;
+        if req.ids.len() > MAX_HAS_BATCH {
+            return Err(ErrorReply::bad_request(format!(
+                "at most {MAX_HAS_BATCH} ids per request"
+            )));
+        }
+        Ok(HasChunksReply {
+            present: req
+                .ids
+                .iter()
+                .map(|id| self.repo.has_chunk(system, id))
+                .collect(),
+        })
+    }
+
+    async fn verify(self: Arc<Self>, payload: bytes::Bytes) -> Result<VerifyReport, ErrorReply> {
+        let req: VerifyRepository = decode_request(&payload)?;
+        tokio::task::spawn_blocking(move || {
+            let percent = if req.subset_percent == 0 {
+                100
+            } else {
+                req.subset_percent
+            };
+            self.repo
+                .verify(req.read_data, percent)
+                .map_err(|e| e.to_reply())
+        })
+        .await
+        .map_err(|e| ErrorReply::internal(format!("verify task failed: {e}")))?
     }
 
     async fn get(
@@ -248,6 +350,7 @@ impl Media {
         let me = self.clone();
         let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, ErrorReply> {
             me.check_tree_complete(&system, &req.tree)?;
+            me.repo.flush(&system).map_err(|e| e.to_reply())?;
             let info = SnapshotInfo {
                 id: SnapshotId::new(),
                 system: system.clone(),
@@ -283,9 +386,10 @@ impl Media {
         system: &str,
         tree: &[arca_schemas::ChunkId],
     ) -> Result<(), ErrorReply> {
+        let key = self.repo.chunk_id_key(system);
         for id in tree {
             let frame_bytes = self.repo.get_chunk(system, id).map_err(|e| e.to_reply())?;
-            let plain = frame::decode(&frame_bytes, id).map_err(|e| e.to_reply())?;
+            let plain = frame::decode(&frame_bytes, &key, id).map_err(|e| e.to_reply())?;
             let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
                 ErrorReply::bad_request(format!("tree chunk {id} is not a tree: {e}"))
             })?;

@@ -261,6 +261,23 @@ impl Driver {
         // Transferred.
         self.enter(JobStep::Transferring).await;
         let transfer_started = Instant::now();
+        let key_req = GetChunkKey {
+            system: system.name.clone(),
+        };
+        let chunk_key: ChunkKey = rpc::retry(Duration::from_secs(30), || {
+            rpc::request(
+                &client,
+                subject::media(&system.media, MediaVerb::ChunkKey),
+                &key_req,
+            )
+        })
+        .await
+        .map_err(|e| {
+            StepError::new(
+                "transferred",
+                format!("media {} did not answer: {e}", system.media),
+            )
+        })?;
         match self.rec.kind {
             JobKind::Backup => {
                 let open = OpenSession {
@@ -287,6 +304,7 @@ impl Driver {
                     media: system.media.clone(),
                     session: session.session,
                     paths: system.paths.clone(),
+                    chunk_key: chunk_key.key,
                 };
                 let _: TransferAccepted = rpc::retry(Duration::from_secs(30), || {
                     rpc::request(
@@ -308,6 +326,7 @@ impl Driver {
                         .clone()
                         .expect("restore jobs name a snapshot"),
                     target: self.rec.target.clone(),
+                    chunk_key: chunk_key.key,
                 };
                 let _: TransferAccepted = rpc::retry(Duration::from_secs(30), || {
                     rpc::request(

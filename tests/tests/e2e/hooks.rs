@@ -11,17 +11,16 @@ async fn pre_hook_runs_before_data_moves_and_post_after_the_commit() {
     let marks = tempfile::tempdir().unwrap();
     write_pseudo_random(&data.path().join("f"), 5_000_000, 3).unwrap();
     let repo = stack.repo_dir();
+    let r = repo.display();
     let m = marks.path().display();
     let mut sys = system("hk", &[data.path()]);
-    // The pre hook counts chunk files already stored; the post hook counts
+    // The pre hook counts pack files (open or sealed) already there; the post hook counts
     // committed snapshots. Both record the job id they were given.
     sys.hooks.pre_backup = Some(sh_hook(&format!(
-        "echo \"$ARCA_JOB_ID\" > {m}/pre.job; find {} -path '*chunks*' -type f 2>/dev/null | wc -l > {m}/pre.chunks",
-        repo.display()
+        "echo \"$ARCA_JOB_ID\" > {m}/pre.job; find {r}/data {r}/tmp -type f 2>/dev/null | wc -l > {m}/pre.chunks"
     )));
     sys.hooks.post_backup = Some(sh_hook(&format!(
-        "echo \"$ARCA_JOB_ID\" > {m}/post.job; ls {}/systems/hk/snapshots | wc -l > {m}/post.snapshots",
-        repo.display()
+        "echo \"$ARCA_JOB_ID\" > {m}/post.job; ls {r}/snapshots/hk | wc -l > {m}/post.snapshots",
     )));
     // Restore hooks see the snapshot and the target; the pre hook runs
     // before the first file is written, the post hook after the last.
@@ -92,11 +91,17 @@ async fn when_media_dies_mid_transfer_the_post_hook_runs_and_nothing_is_listed()
 
     let job = stack.backup(&["km"]).await.unwrap()[0];
     // Kill media as soon as the first chunk reaches the repository.
-    let chunks = stack.repo_dir().join("systems/km/chunks");
+    // The open pack in tmp/ grows past its 8-byte header with the first chunk.
+    let tmp = stack.repo_dir().join("tmp");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let stored = walk_count(&chunks);
-        if stored > 0 {
+        let stored = std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > 8).unwrap_or(false))
+            })
+            .unwrap_or(false);
+        if stored {
             break;
         }
         assert!(

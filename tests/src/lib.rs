@@ -29,6 +29,7 @@ pub struct Stack {
     /// JetStream on it.
     pub js: async_nats::jetstream::Context,
     services: HashMap<String, ServiceProcess>,
+    commands: HashMap<String, (String, String)>,
 }
 
 /// How an agent process runs.
@@ -54,6 +55,7 @@ impl Stack {
             client,
             js,
             services: HashMap::new(),
+            commands: HashMap::new(),
         };
         stack.write(
             "scheduler.toml",
@@ -95,7 +97,17 @@ impl Stack {
             self.dir.path(),
         )?;
         self.services.insert(name.to_owned(), p);
+        self.commands
+            .insert(name.to_owned(), (binary.to_owned(), config.to_owned()));
         Ok(())
+    }
+
+    /// Starts a service killed before (`scheduler`, `firewall`, `media`)
+    /// again with its configuration, and waits until the stack answers.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let (binary, config) = self.commands[name].clone();
+        self.spawn(name, &binary, &config)?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -131,7 +143,10 @@ impl Stack {
     /// Starts the agent of `system` and waits until it answers.
     pub async fn start_agent(&mut self, system: &str, user: AgentUser) -> anyhow::Result<()> {
         let config = format!("agent-{system}.toml");
-        self.write(&config, &format!("system = \"{system}\"\n"))?;
+        self.write(
+            &config,
+            &format!("system = \"{system}\"\nmedia-timeout-secs = 5\n"),
+        )?;
         let mut cmd = Command::new(bin_path("arca-agent"));
         cmd.args(["--config", self.dir.path().join(&config).to_str().unwrap()]);
         if user == AgentUser::Nobody {

@@ -72,7 +72,7 @@ pub struct IndexEntry {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-struct IndexFile {
+pub(crate) struct IndexFile {
     pack: String,
     entries: Vec<IndexEntry>,
 }
@@ -236,7 +236,7 @@ impl Repository {
         self.root.join("data").join(system).join(&id[..2]).join(id)
     }
 
-    fn index_path(&self, system: &str, pack: &str) -> PathBuf {
+    pub(crate) fn index_path(&self, system: &str, pack: &str) -> PathBuf {
         self.root.join("index").join(system).join(pack)
     }
 
@@ -838,7 +838,7 @@ pub struct RepairReport {
     pub damaged: Vec<String>,
 }
 
-fn read_index_file(path: &Path) -> Option<IndexFile> {
+pub(crate) fn read_index_file(path: &Path) -> Option<IndexFile> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.len() < 32 {
         return None;

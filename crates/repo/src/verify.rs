@@ -71,6 +71,27 @@ impl Repository {
                 .flat_map(|(s, m)| m.iter().map(move |(id, loc)| (s.clone(), *id, *loc)))
                 .collect()
         };
+        // Every sealed pack has a readable index file.
+        for p in packs.iter() {
+            let Some(id) = &p.id else { continue };
+            let system = p
+                .path
+                .parent()
+                .and_then(|d| d.parent())
+                .and_then(|d| d.file_name())
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if crate::store::read_index_file(&self.index_path(&system, id)).is_none() {
+                report.problems.push(VerifyProblem {
+                    system,
+                    chunk: None,
+                    error: format!("the index file of pack {id} is missing or damaged; `arca repair index` rebuilds it"),
+                    snapshots: Vec::new(),
+                    files: Vec::new(),
+                });
+            }
+        }
         for (system, id, loc) in &index {
             match sizes[loc.pack as usize] {
                 None => {

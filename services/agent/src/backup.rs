@@ -65,6 +65,7 @@ pub async fn run(
     req: StartBackupTransfer,
     params: ChunkParams,
     window: usize,
+    timeout: Duration,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
@@ -75,6 +76,7 @@ pub async fn run(
         subject: subject::media_data(&req.media, &system, MediaDataVerb::Has),
         session: req.session.clone(),
         runtime: tokio::runtime::Handle::current(),
+        timeout,
     };
     let key = req.chunk_key;
     let reader = tokio::task::spawn_blocking(move || {
@@ -113,7 +115,7 @@ pub async fn run(
                         in_flight.push(async move {
                             let wire = body.frame.len();
                             let r = rpc::retry(Duration::from_secs(30), || {
-                                rpc::request_with_timeout::<_, ChunkStored>(&client, subject.clone(), &body, Duration::from_secs(60))
+                                rpc::request_with_timeout::<_, ChunkStored>(&client, subject.clone(), &body, timeout)
                             })
                             .await?;
                             Ok((r, wire))
@@ -191,6 +193,7 @@ struct HasAsker {
     subject: String,
     session: String,
     runtime: tokio::runtime::Handle,
+    timeout: Duration,
 }
 
 impl HasAsker {
@@ -203,7 +206,7 @@ impl HasAsker {
         let reply: HasChunksReply = self
             .runtime
             .block_on(rpc::retry(Duration::from_secs(30), || {
-                rpc::request(&self.client, self.subject.clone(), &body)
+                rpc::request_with_timeout(&self.client, self.subject.clone(), &body, self.timeout)
             }))
             .map_err(|e| e.to_reply())?;
         if reply.present.len() != n {

@@ -51,6 +51,14 @@ pub struct Config {
     /// zstd level for chunks.
     #[serde(default = "default_level")]
     pub zstd_level: i32,
+    /// Seconds to wait for media to answer one data request (a chunk
+    /// stored, a chunk fetched) before the request is retried.
+    #[serde(default = "default_media_timeout")]
+    pub media_timeout_secs: u64,
+}
+
+fn default_media_timeout() -> u64 {
+    60
 }
 
 fn default_window() -> usize {
@@ -79,6 +87,7 @@ impl Config {
             chunk_avg: default_avg(),
             chunk_max: default_max(),
             zstd_level: default_level(),
+            media_timeout_secs: default_media_timeout(),
         }
     }
 }
@@ -312,6 +321,7 @@ impl Agent {
                 req,
                 me.params,
                 me.config.window,
+                Duration::from_secs(me.config.media_timeout_secs),
                 progress.clone(),
             )
             .await;
@@ -335,6 +345,7 @@ impl Agent {
                 me.config.system.clone(),
                 req,
                 me.config.window,
+                Duration::from_secs(me.config.media_timeout_secs),
                 progress.clone(),
             )
             .await;

@@ -48,9 +48,10 @@ pub async fn run(
     system: String,
     req: StartRestoreTransfer,
     window: usize,
+    timeout: Duration,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
-    let result = restore(&client, &system, &req, window, &progress).await;
+    let result = restore(&client, &system, &req, window, timeout, &progress).await;
     let p = progress.lock().expect("progress lock");
     TransferOutcome {
         stats: p.stats.clone(),
@@ -64,10 +65,11 @@ async fn get_chunk(
     client: &async_nats::Client,
     subject: &str,
     id: ChunkId,
+    timeout: Duration,
 ) -> Result<Vec<u8>, ErrorReply> {
     let body = GetChunk { id };
     let r: ChunkData = rpc::retry(Duration::from_secs(30), || {
-        rpc::request_with_timeout(client, subject.to_owned(), &body, Duration::from_secs(60))
+        rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
     })
     .await
     .map_err(|e| e.to_reply())?;
@@ -79,6 +81,7 @@ async fn restore(
     system: &str,
     req: &StartRestoreTransfer,
     window: usize,
+    timeout: Duration,
     progress: &Arc<Mutex<Progress>>,
 ) -> Result<(), ErrorReply> {
     let root = match &req.target {
@@ -107,7 +110,7 @@ async fn restore(
     let get_subject = subject::media_data(&req.media, system, MediaDataVerb::Get);
     let mut nodes = Vec::new();
     for id in &snap.tree {
-        let frame_bytes = get_chunk(client, &get_subject, *id).await?;
+        let frame_bytes = get_chunk(client, &get_subject, *id, timeout).await?;
         let plain = frame::decode(&frame_bytes, &req.chunk_key, id).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
             ErrorReply::new(
@@ -135,7 +138,7 @@ async fn restore(
         let mut frames = stream::iter(chunks)
             .map(|id| {
                 let subject = get_subject.clone();
-                async move { (id, get_chunk(client, &subject, id).await) }
+                async move { (id, get_chunk(client, &subject, id, timeout).await) }
             })
             .buffered(window.max(1));
         while let Some((id, r)) = frames.next().await {

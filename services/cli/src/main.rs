@@ -91,6 +91,47 @@ enum Command {
     /// Firewall controllers.
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Check the repository of a media service; exits non-zero when
+    /// anything is wrong, naming the snapshots and files affected.
+    Verify {
+        /// Also read, decrypt and hash the data, not only the structure.
+        #[arg(long)]
+        read_data: bool,
+        /// With --read-data, read this share of the packs, e.g. `10%`.
+        #[arg(long, value_parser = parse_percent)]
+        subset: Option<u8>,
+        /// Media service.
+        #[arg(long, default_value = "main")]
+        media: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair a repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index of a media service's repository from its packs.
+    Index {
+        /// Media service.
+        #[arg(long, default_value = "main")]
+        media: String,
+    },
+}
+
+fn parse_percent(s: &str) -> Result<u8, String> {
+    let n: u8 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (1% to 100%)"))?;
+    if (1..=100).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{s:?} is not between 1% and 100%"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -290,6 +331,76 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sn.file_errors.len(),
                     sn.paths.join(" ")
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            read_data,
+            subset,
+            media,
+            json,
+        } => {
+            let req = VerifyRepository {
+                read_data,
+                subset_percent: subset.unwrap_or(100),
+            };
+            let r: VerifyReport = rpc::request_with_timeout(
+                &client,
+                subject::media(&media, subject::MediaVerb::Verify),
+                &req,
+                Duration::from_secs(24 * 3600),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} snapshots, {} packs, {} chunks read and hashed",
+                    r.snapshots, r.packs, r.chunks_read
+                );
+                for p in &r.problems {
+                    println!(
+                        "problem in {}: {}{}",
+                        p.system,
+                        p.chunk.map(|c| format!("chunk {c}: ")).unwrap_or_default(),
+                        p.error
+                    );
+                    if !p.snapshots.is_empty() {
+                        let ids: Vec<String> = p.snapshots.iter().map(|s| s.to_string()).collect();
+                        println!("  snapshots: {}", ids.join(" "));
+                    }
+                    for f in &p.files {
+                        println!("  file: {f}");
+                    }
+                }
+                if r.problems.is_empty() {
+                    println!("no problems found");
+                } else {
+                    println!(
+                        "{} problems found; `arca repair index` rebuilds a lost or damaged index, damaged data needs the next backup of the files named",
+                        r.problems.len()
+                    );
+                }
+            }
+            Ok(if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Repair(RepairCommand::Index { media }) => {
+            let r: RepairIndexReply = rpc::request_with_timeout(
+                &client,
+                subject::media(&media, subject::MediaVerb::RepairIndex),
+                &RepairIndex {},
+                Duration::from_secs(24 * 3600),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
+            println!("index rebuilt: {} packs, {} chunks", r.packs, r.chunks);
+            for d in &r.damaged {
+                println!("damaged: {d}");
             }
             Ok(ExitCode::SUCCESS)
         }

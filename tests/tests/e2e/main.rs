@@ -10,8 +10,11 @@
 //! - `hooks`: pre and post hooks around the transfer, also when media dies.
 //! - `events`: a late subscriber reads a whole job; systems run one at a time.
 //! - `bad_input`: clear errors, and nothing half-written.
+//! - `repository`: corruption found and named, crashes of media survived,
+//!   deduplication scoped per system.
 
 mod bad_input;
 mod events;
 mod hooks;
+mod repository;
 mod round_trip;

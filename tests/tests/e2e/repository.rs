@@ -1,0 +1,379 @@
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arca_e2e::{AgentUser, Stack, system};
+use arca_runtime::rpc;
+use arca_schemas::JobStatus;
+use arca_schemas::msg::*;
+use arca_schemas::subject::{self, MediaDataVerb, MediaVerb};
+use arca_testkit::tree::{compare, write_pseudo_random};
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn packs_of(stack: &Stack, system: &str) -> Vec<PathBuf> {
+    files(&stack.repo_dir().join("data").join(system))
+}
+
+async fn verify(stack: &Stack, read_data: bool) -> VerifyReport {
+    rpc::request_with_timeout(
+        &stack.client,
+        subject::media("main", MediaVerb::Verify),
+        &VerifyRepository {
+            read_data,
+            subset_percent: 100,
+        },
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap()
+}
+
+/// Three 3 MB files and a small one, backed up as `name`.
+async fn backed_up(stack: &mut Stack, root: &Path, name: &str) -> arca_schemas::SnapshotId {
+    let src = root.join(name);
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, f) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        write_pseudo_random(&src.join(f), 3_000_000, i as u64 + 10).unwrap();
+    }
+    std::fs::write(src.join("small.txt"), b"small").unwrap();
+    stack
+        .load_systems(vec![system(name, &[&src])])
+        .await
+        .unwrap();
+    stack.start_agent(name, AgentUser::Same).await.unwrap();
+    let job = stack.backup(&[name]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    rec.snapshot.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_byte_is_named_by_verify_and_only_its_file_fails_to_restore() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let snap = backed_up(&mut stack, data.path(), "flip").await;
+    assert!(verify(&stack, true).await.problems.is_empty());
+
+    // Flip one byte in the middle of the data pack.
+    let pack = packs_of(&stack, "flip")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let out = stack.arca(&["verify", "--read-data"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success(),
+        "verify passed a flipped byte:\n{text}"
+    );
+    assert!(text.contains(&snap.to_string()), "{text}");
+    let report = verify(&stack, true).await;
+    let named: BTreeSet<String> = report
+        .problems
+        .iter()
+        .flat_map(|p| p.files.clone())
+        .collect();
+    assert_eq!(named.len(), 1, "{report:#?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.snapshots == vec![snap.clone()])
+    );
+
+    let target = data.path().join("restored");
+    let job = stack.restore(&snap, Some(&target)).await.unwrap();
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Partial, "{rec:#?}");
+    let failed: BTreeSet<String> = rec.file_errors.iter().map(|f| f.path.clone()).collect();
+    let bad = named.iter().next().unwrap();
+    assert_eq!(failed.len(), 1, "{rec:#?}");
+    assert!(
+        failed
+            .iter()
+            .next()
+            .unwrap()
+            .ends_with(Path::new(bad).file_name().unwrap().to_str().unwrap()),
+        "{rec:#?}"
+    );
+    assert!(
+        rec.file_errors[0].error.contains("authentication"),
+        "{rec:#?}"
+    );
+    // Every other file came back whole.
+    let src = data.path().join("flip");
+    for f in files(&src) {
+        if f.display().to_string() == *bad {
+            continue;
+        }
+        let back = target.join(f.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            std::fs::read(&f).unwrap(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_pack_and_a_deleted_index_are_detected_and_the_index_repaired() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let snap = backed_up(&mut stack, data.path(), "trunc").await;
+
+    // Deleted index files: found, then rebuilt from the packs.
+    std::fs::remove_dir_all(stack.repo_dir().join("index/trunc")).unwrap();
+    let report = verify(&stack, false).await;
+    assert!(!report.problems.is_empty());
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.error.contains("index file")),
+        "{report:#?}"
+    );
+    let out = stack.arca(&["repair", "index"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(verify(&stack, true).await.problems.is_empty());
+    let target = data.path().join("restored");
+    let job = stack.restore(&snap, Some(&target)).await.unwrap();
+    assert_eq!(
+        stack.wait_job(job).await.unwrap().1.status,
+        JobStatus::Succeeded
+    );
+    compare(
+        &data.path().join("trunc"),
+        &target.join(data.path().join("trunc").strip_prefix("/").unwrap()),
+    )
+    .unwrap();
+
+    // A pack cut in half: structure check finds it without reading data.
+    let pack = packs_of(&stack, "trunc")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let report = verify(&stack, false).await;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.error.contains("cut short") && !p.files.is_empty()),
+        "{report:#?}"
+    );
+    let out = stack.arca(&["verify"]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_killed_at_random_points_leaves_a_clean_repository_and_stored_chunks_are_reused() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        write_pseudo_random(&src.join(format!("f{i}")), 12_000_000, i).unwrap();
+    }
+    stack
+        .load_systems(vec![system("crash", &[&src])])
+        .await
+        .unwrap();
+    stack.start_agent("crash", AgentUser::Same).await.unwrap();
+
+    let mut seed = 0x9e37_79b9u64;
+    let mut interrupted = 0;
+    for round in 0..6u64 {
+        // New data every round, so that every backup has chunks to send.
+        for i in 0..4 {
+            write_pseudo_random(
+                &src.join(format!("f{i}")),
+                12_000_000,
+                100 * (round + 1) + i,
+            )
+            .unwrap();
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Kill media when the pack being written reaches a random size,
+        // from its first chunk to well past a whole pack.
+        let threshold = 8 + seed % 40_000_000;
+        let stored = || -> u64 {
+            let repo = stack.repo_dir();
+            files(&repo.join("tmp"))
+                .into_iter()
+                .chain(packs_of(&stack, "crash"))
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let baseline = stored();
+        let job = stack.backup(&["crash"]).await.unwrap()[0];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if stored().saturating_sub(baseline) > threshold
+                || stack.job(job).await.unwrap().status.is_final()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: backup never progressed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        stack.kill("media");
+        stack.restart("media").await.unwrap();
+        let (_, rec) = stack.wait_job(job).await.unwrap();
+        let report = verify(&stack, true).await;
+        assert!(report.problems.is_empty(), "round {round}: {report:#?}");
+        if rec.status == JobStatus::Succeeded {
+            continue;
+        }
+        assert_eq!(rec.status, JobStatus::Failed, "round {round}: {rec:#?}");
+        assert!(rec.snapshot.is_none());
+        interrupted += 1;
+    }
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} of 6 backups were interrupted by the kill"
+    );
+    // Whatever was stored before the crashes is reused now.
+    let stored_before: usize = packs_of(&stack, "crash").len();
+    let job = stack.backup(&["crash"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    if stored_before > 0 {
+        assert!(
+            rec.stats.new_chunks < rec.stats.chunks,
+            "nothing reused: {rec:#?}"
+        );
+    }
+    assert!(verify(&stack, true).await.problems.is_empty());
+    let target = data.path().join("restored");
+    let job = stack
+        .restore(rec.snapshot.as_ref().unwrap(), Some(&target))
+        .await
+        .unwrap();
+    assert_eq!(
+        stack.wait_job(job).await.unwrap().1.status,
+        JobStatus::Succeeded
+    );
+    compare(&src, &target.join(src.strip_prefix("/").unwrap())).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_files_of_two_systems_are_stored_twice_and_stay_apart() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (p, q) = (data.path().join("p"), data.path().join("q"));
+    for d in [&p, &q] {
+        std::fs::create_dir_all(d).unwrap();
+        write_pseudo_random(&d.join("same.bin"), 8_000_000, 42).unwrap();
+    }
+    stack
+        .load_systems(vec![system("p", &[&p]), system("q", &[&q])])
+        .await
+        .unwrap();
+    stack.start_agent("p", AgentUser::Same).await.unwrap();
+    stack.start_agent("q", AgentUser::Same).await.unwrap();
+    let jobs = stack.backup(&["p", "q"]).await.unwrap();
+    let (_, rp) = stack.wait_job(jobs[0]).await.unwrap();
+    let (_, rq) = stack.wait_job(jobs[1]).await.unwrap();
+    // Each system stored all of its data: no cross-system deduplication.
+    assert_eq!(rp.stats.new_chunks, rp.stats.chunks + 1, "{rp:#?}");
+    assert_eq!(rq.stats.new_chunks, rq.stats.chunks + 1, "{rq:#?}");
+    let size = |s: &str| {
+        packs_of(&stack, s)
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum::<u64>()
+    };
+    assert!(size("p") > 8_000_000 && size("q") > 8_000_000);
+
+    // The same bytes have unrelated ids, and q's scope knows nothing of p's.
+    let snap: SnapshotReply = rpc::request(
+        &stack.client,
+        subject::media("main", MediaVerb::Snapshot),
+        &GetSnapshot {
+            snapshot: rp.snapshot.clone().unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let p_tree = snap.tree[0];
+    let ok: Result<ChunkData, _> = rpc::request(
+        &stack.client,
+        subject::media_data("main", "p", MediaDataVerb::Get),
+        &GetChunk { id: p_tree },
+    )
+    .await;
+    assert!(ok.is_ok());
+    let other: Result<ChunkData, rpc::RpcError> = rpc::request(
+        &stack.client,
+        subject::media_data("main", "q", MediaDataVerb::Get),
+        &GetChunk { id: p_tree },
+    )
+    .await;
+    assert!(
+        matches!(other, Err(rpc::RpcError::Remote(ref e)) if e.code == arca_schemas::ErrorCode::NotFound),
+        "{other:?}"
+    );
+    let mut keys = Vec::new();
+    for s in ["p", "q"] {
+        let k: ChunkKey = rpc::request(
+            &stack.client,
+            subject::media("main", MediaVerb::ChunkKey),
+            &GetChunkKey {
+                system: s.to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+        keys.push(k.key);
+    }
+    assert_ne!(keys[0], keys[1]);
+    // A "has" question needs a session of the asking system.
+    let has: Result<HasChunksReply, rpc::RpcError> = rpc::request(
+        &stack.client,
+        subject::media_data("main", "q", MediaDataVerb::Has),
+        &HasChunks {
+            session: "no-such-session".into(),
+            ids: vec![p_tree],
+        },
+    )
+    .await;
+    assert!(has.is_err(), "{has:?}");
+}

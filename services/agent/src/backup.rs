@@ -44,6 +44,12 @@ pub struct ChunkParams {
     pub level: i32,
 }
 
+/// The content-defined chunker (FastCDC 2020, normalization level 1) the
+/// agent cuts files with.
+pub fn chunker<R: std::io::Read>(source: R, p: &ChunkParams) -> fastcdc::v2020::StreamCDC<R> {
+    fastcdc::v2020::StreamCDC::new(source, p.min, p.avg, p.max)
+}
+
 /// Nodes per tree chunk.
 const TREE_BATCH: usize = 4096;
 
@@ -355,7 +361,7 @@ impl Reader<'_> {
         let p = self.params;
         let mut chunks = Vec::new();
         let mut size = 0u64;
-        for chunk in fastcdc::v2020::StreamCDC::new(file, p.min, p.avg, p.max) {
+        for chunk in chunker(file, &p) {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -446,4 +452,88 @@ fn node(path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
         mtime_nsec: md.mtime_nsec() as u32,
         size: 0,
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn data(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn cuts(bytes: &[u8], p: &ChunkParams) -> Vec<(u64, usize)> {
+        chunker(bytes, p)
+            .map(|c| c.unwrap())
+            .map(|c| (c.offset, c.length))
+            .collect()
+    }
+
+    const SMALL: ChunkParams = ChunkParams {
+        min: 2048,
+        avg: 8192,
+        max: 32768,
+        level: 1,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x00A2_CA00),
+            ..ProptestConfig::default()
+        })]
+
+        /// Bytes inserted early in a file move the boundaries near the
+        /// insertion only: every chunk from a little after it is cut again
+        /// exactly (so it deduplicates).
+        #[test]
+        fn boundaries_are_stable_under_early_insertions(
+            seed in any::<u64>(),
+            at in 0usize..100_000,
+            inserted in proptest::collection::vec(any::<u8>(), 1..200),
+        ) {
+            let original = data(seed, 1_000_000);
+            let mut edited = original.clone();
+            edited.splice(at..at, inserted.iter().copied());
+            let shift = inserted.len() as u64;
+            let before: Vec<(u64, usize)> = cuts(&original, &SMALL);
+            let after: std::collections::HashSet<(u64, usize)> = cuts(&edited, &SMALL).into_iter().collect();
+            let horizon = (at + 4 * SMALL.max) as u64;
+            let later: Vec<_> = before.iter().filter(|(o, _)| *o >= horizon).collect();
+            let kept = later.iter().filter(|(o, l)| after.contains(&(o + shift, *l))).count();
+            prop_assert!(later.len() > 50);
+            prop_assert!(kept * 100 >= later.len() * 99, "only {kept} of {} later chunks kept", later.len());
+        }
+    }
+
+    #[test]
+    fn pinned_boundaries_for_a_seeded_input_with_the_default_sizes() {
+        let params = ChunkParams {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+            level: 3,
+        };
+        let bytes = data(2026, 12 << 20);
+        let lengths: Vec<usize> = cuts(&bytes, &params).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(lengths.iter().sum::<usize>(), 12 << 20);
+        assert_eq!(
+            lengths, PINNED,
+            "the chunker's cut points changed: stored data would no longer deduplicate"
+        );
+    }
+
+    const PINNED: &[usize] = &[
+        338436, 1837050, 507316, 324002, 2368207, 2242197, 1548472, 1856164, 526200, 699235, 335633,
+    ];
 }

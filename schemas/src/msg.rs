@@ -587,3 +587,77 @@ pub struct RepairIndexReply {
     /// Damage found while reading.
     pub damaged: Vec<String>,
 }
+
+/// Which snapshots of a system to keep; the others are forgotten. A
+/// snapshot kept by any rule is kept. Buckets (hour, day, ISO week, month,
+/// year) are in UTC; in each, the newest snapshot counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RetentionPolicy {
+    /// The newest N snapshots.
+    pub keep_last: u32,
+    /// The newest snapshot of each of the last N hours that have one.
+    pub keep_hourly: u32,
+    /// Likewise per day.
+    pub keep_daily: u32,
+    /// Likewise per ISO week.
+    pub keep_weekly: u32,
+    /// Likewise per month.
+    pub keep_monthly: u32,
+    /// Likewise per year.
+    pub keep_yearly: u32,
+}
+
+impl RetentionPolicy {
+    /// True when no rule keeps anything (such a policy is refused).
+    pub fn is_empty(&self) -> bool {
+        *self == RetentionPolicy::default()
+    }
+}
+
+/// Forget snapshots of a system by a policy (operator to scheduler, and
+/// scheduler to media).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ForgetSnapshots {
+    /// System.
+    pub system: String,
+    /// What to keep.
+    pub policy: RetentionPolicy,
+    /// Only say what would be forgotten.
+    pub dry_run: bool,
+}
+
+/// Answer to [`ForgetSnapshots`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ForgetReply {
+    /// Snapshots kept, newest first.
+    pub kept: Vec<SnapshotId>,
+    /// Snapshots forgotten (or that would be, with `dry-run`), newest first.
+    pub forgotten: Vec<SnapshotId>,
+}
+
+/// Delete data no snapshot needs and repack partly used packs (operator to media).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneRepository {
+    /// Only say what would be done.
+    pub dry_run: bool,
+}
+
+/// Answer to [`PruneRepository`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneReport {
+    /// Packs deleted because nothing in them is used.
+    pub packs_deleted: u64,
+    /// Packs rewritten without their unused chunks.
+    pub packs_repacked: u64,
+    /// Chunks dropped.
+    pub chunks_removed: u64,
+    /// Bytes on disk before.
+    pub bytes_before: u64,
+    /// Bytes on disk after.
+    pub bytes_after: u64,
+}

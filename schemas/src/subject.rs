@@ -109,6 +109,7 @@ verbs!(
         ListJobs = "list-jobs",
         GetJob = "get-job",
         ListSnapshots = "list-snapshots",
+        Forget = "forget",
     }
 );
 
@@ -143,6 +144,8 @@ verbs!(
         ChunkKey = "chunk-key",
         Verify = "verify",
         RepairIndex = "repair-index",
+        Forget = "forget",
+        Prune = "prune",
     }
 );
 

@@ -15,9 +15,11 @@
 
 pub mod crypto;
 pub mod error;
+pub mod forget;
 pub mod frame;
 mod fsutil;
 pub mod pack;
+mod prune;
 mod store;
 pub mod verify;
 

@@ -463,14 +463,37 @@ impl Repository {
         id: &ChunkId,
         frame: &[u8],
     ) -> Result<bool, RepoError> {
-        if self.has_chunk(system, id) {
+        self.append(system, kind, id, frame, false)
+    }
+
+    /// Writes a chunk into the open pack even though it is stored
+    /// elsewhere (prune moving it out of a pack it will delete).
+    pub(crate) fn put_chunk_again(
+        &self,
+        system: &str,
+        kind: Kind,
+        id: &ChunkId,
+        frame: &[u8],
+    ) -> Result<bool, RepoError> {
+        self.append(system, kind, id, frame, true)
+    }
+
+    fn append(
+        &self,
+        system: &str,
+        kind: Kind,
+        id: &ChunkId,
+        frame: &[u8],
+        again: bool,
+    ) -> Result<bool, RepoError> {
+        if !again && self.has_chunk(system, id) {
             return Ok(false);
         }
         let record = pack::record(&self.keys, system, kind, id, frame);
         let writer = self.writer(system);
         let (generation, end, file, full) = {
             let mut st = writer.state.lock().expect("writer lock");
-            if self.has_chunk(system, id) {
+            if !again && self.has_chunk(system, id) {
                 return Ok(false);
             }
             if st.open.is_none() {

@@ -110,6 +110,42 @@ enum Command {
     /// Repair a repository.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Forget a system's snapshots that a retention policy does not keep
+    /// (their data goes at the next `arca prune`).
+    Forget {
+        /// System.
+        system: String,
+        /// Keep the newest N snapshots.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N hours (UTC).
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: u32,
+        /// Likewise per day.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// Likewise per ISO week.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        /// Likewise per month.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Likewise per year.
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Only show what would be forgotten.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete data no snapshot needs and repack partly used packs.
+    Prune {
+        /// Media service.
+        #[arg(long, default_value = "main")]
+        media: String,
+        /// Only show what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +424,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Forget {
+            system,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+        } => {
+            let policy = RetentionPolicy {
+                keep_last,
+                keep_hourly,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                keep_yearly,
+            };
+            if policy.is_empty() {
+                bail!("name at least one --keep-* rule; a policy that keeps nothing is refused");
+            }
+            let r: ForgetReply = call(
+                &client,
+                s,
+                SchedulerVerb::Forget,
+                &ForgetSnapshots {
+                    system,
+                    policy,
+                    dry_run,
+                },
+            )
+            .await?;
+            let verb = if dry_run { "would forget" } else { "forgot" };
+            for id in &r.kept {
+                println!("keep   {id}");
+            }
+            for id in &r.forgotten {
+                println!("{verb} {id}");
+            }
+            println!("{} kept, {} {verb}", r.kept.len(), r.forgotten.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune { media, dry_run } => {
+            let r: PruneReport = rpc::request_with_timeout(
+                &client,
+                subject::media(&media, subject::MediaVerb::Prune),
+                &PruneRepository { dry_run },
+                Duration::from_secs(24 * 3600),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
+            println!(
+                "{}{} packs deleted, {} repacked, {} chunks removed, {:.1} MiB -> {:.1} MiB",
+                if dry_run { "dry run: " } else { "" },
+                r.packs_deleted,
+                r.packs_repacked,
+                r.chunks_removed,
+                r.bytes_before as f64 / 1048576.0,
+                r.bytes_after as f64 / 1048576.0
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Repair(RepairCommand::Index { media }) => {
             let r: RepairIndexReply = rpc::request_with_timeout(

@@ -50,6 +50,11 @@ struct Session {
     system: String,
     paths: Vec<String>,
     committed: Option<SnapshotInfo>,
+    /// Chunks this backup stored or was told are stored: prune keeps them.
+    touched: std::collections::HashSet<arca_schemas::ChunkId>,
+    /// When the snapshot was committed.
+    committed_at: Option<std::time::Instant>,
+    opened_at: std::time::Instant,
 }
 
 struct Media {
@@ -154,6 +159,44 @@ impl Media {
                 let r = self.clone().verify(msg.payload.clone()).await;
                 respond(&self.client, &msg, r).await
             }
+            Some(MediaVerb::Forget) => {
+                let repo = self.repo.clone();
+                let r = match decode_request::<ForgetSnapshots>(&msg.payload) {
+                    Ok(req) if req.policy.is_empty() => Err(ErrorReply::bad_request(
+                        "a policy that keeps nothing is refused: name at least one --keep-* rule",
+                    )),
+                    Ok(req) => tokio::task::spawn_blocking(move || {
+                        repo.forget(&req.system, &req.policy, req.dry_run)
+                    })
+                    .await
+                    .map_err(|e| ErrorReply::internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| e.to_reply()))
+                    .map(|(kept, forgotten)| ForgetReply { kept, forgotten }),
+                    Err(e) => Err(e),
+                };
+                respond(&self.client, &msg, r).await
+            }
+            Some(MediaVerb::Prune) => {
+                let me = self.clone();
+                let r = match decode_request::<PruneRepository>(&msg.payload) {
+                    Ok(req) => tokio::task::spawn_blocking(move || {
+                        let since = std::time::Instant::now();
+                        let guard = me.clone();
+                        let r = me
+                            .repo
+                            .prune(&move |s, id| guard.in_use(s, id, since), req.dry_run);
+                        if r.is_ok() && !req.dry_run {
+                            me.drop_old_sessions(since);
+                        }
+                        r
+                    })
+                    .await
+                    .map_err(|e| ErrorReply::internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| e.to_reply())),
+                    Err(e) => Err(e),
+                };
+                respond(&self.client, &msg, r).await
+            }
             Some(MediaVerb::RepairIndex) => {
                 let repo = self.repo.clone();
                 let r = tokio::task::spawn_blocking(move || repo.repair_index())
@@ -234,6 +277,9 @@ impl Media {
                 system: req.system,
                 paths: req.paths,
                 committed: None,
+                touched: Default::default(),
+                committed_at: None,
+                opened_at: std::time::Instant::now(),
             },
         );
         Ok(SessionOpened { session: id })
@@ -261,6 +307,7 @@ impl Media {
     ) -> Result<ChunkStored, ErrorReply> {
         let req: PutChunk = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
+        self.touch(&req.session, &[req.id]);
         tokio::task::spawn_blocking(move || {
             if self.repo.has_chunk(&system, &req.id) {
                 return Ok(ChunkStored { new: false });
@@ -280,6 +327,43 @@ impl Media {
         .map_err(|e| ErrorReply::internal(format!("put task failed: {e}")))?
     }
 
+    /// Records that a session depends on these chunks, before it is told
+    /// whether they exist, so that a prune running meanwhile keeps them.
+    fn touch(&self, session: &str, ids: &[arca_schemas::ChunkId]) {
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get_mut(session)
+        {
+            s.touched.extend(ids.iter().copied());
+        }
+    }
+
+    /// True when a backup depends on the chunk although no snapshot that
+    /// a prune started at `since` has read names it: the backup is still
+    /// running, or committed its snapshot after the prune started.
+    fn in_use(&self, system: &str, id: &arca_schemas::ChunkId, since: std::time::Instant) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .any(|s| {
+                s.system == system
+                    && s.committed_at.is_none_or(|t| t >= since)
+                    && s.touched.contains(id)
+            })
+    }
+
+    /// Forgets sessions no prune needs any more: committed before `since`,
+    /// or opened more than a day ago.
+    fn drop_old_sessions(&self, since: std::time::Instant) {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        self.sessions.lock().expect("sessions lock").retain(|_, s| {
+            s.committed_at.is_none_or(|t| t >= since) && s.opened_at.elapsed() < day
+        });
+    }
+
     fn has(&self, system: &str, payload: &[u8]) -> Result<HasChunksReply, ErrorReply> {
         let req: HasChunks = decode_request(payload)?;
         self.check_session(&req.session, system)?;
@@ -288,6 +372,7 @@ impl Media {
                 "at most {MAX_HAS_BATCH} ids per request"
             )));
         }
+        self.touch(&req.session, &req.ids);
         Ok(HasChunksReply {
             present: req
                 .ids
@@ -375,6 +460,7 @@ impl Media {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         if let Some(s) = sessions.get_mut(&req.session) {
             s.committed = Some(info.clone());
+            s.committed_at = Some(std::time::Instant::now());
         }
         Ok(SnapshotCommitted { snapshot: info })
     }

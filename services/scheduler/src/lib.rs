@@ -139,6 +139,7 @@ impl Scheduler {
             Some(SchedulerVerb::Restore) => respond(c, &msg, self.start_restore(p).await).await,
             Some(SchedulerVerb::ListJobs) => respond(c, &msg, self.list_jobs(p).await).await,
             Some(SchedulerVerb::GetJob) => respond(c, &msg, self.get_job(p).await).await,
+            Some(SchedulerVerb::Forget) => respond(c, &msg, self.forget(p).await).await,
             Some(SchedulerVerb::ListSnapshots) => {
                 respond(c, &msg, self.list_snapshots(p).await).await
             }
@@ -274,6 +275,26 @@ impl Scheduler {
         self.load_job(&req.job)
             .await?
             .ok_or_else(|| ErrorReply::not_found(format!("unknown job {}", req.job)))
+    }
+
+    /// Forgets snapshots on the system's media, then drops them from the catalog.
+    async fn forget(&self, p: &[u8]) -> Result<ForgetReply, ErrorReply> {
+        let req: ForgetSnapshots = decode_request(p)?;
+        let system = self.system(&req.system).await?;
+        let reply: ForgetReply = arca_runtime::rpc::request_with_timeout(
+            &self.client,
+            subject::media(&system.media, subject::MediaVerb::Forget),
+            &req,
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .map_err(|e| e.to_reply())?;
+        if !req.dry_run {
+            for id in &reply.forgotten {
+                self.drop_catalog(id).await?;
+            }
+        }
+        Ok(reply)
     }
 
     async fn list_snapshots(&self, p: &[u8]) -> Result<ListSnapshotsReply, ErrorReply> {

@@ -103,6 +103,14 @@ impl Scheduler {
         get(&self.state.snapshots, &id.0).await?.ok_or_else(unknown)
     }
 
+    pub(crate) async fn drop_catalog(&self, id: &SnapshotId) -> Result<(), ErrorReply> {
+        self.state
+            .snapshots
+            .purge(&id.0)
+            .await
+            .map_err(|e| unavailable(&format!("drop snapshot {id} from the catalog"), e))
+    }
+
     pub(crate) async fn all_snapshots(&self) -> Result<Vec<SnapshotInfo>, ErrorReply> {
         all(&self.state.snapshots).await
     }

@@ -377,3 +377,182 @@ async fn identical_files_of_two_systems_are_stored_twice_and_stay_apart() {
     .await;
     assert!(has.is_err(), "{has:?}");
 }
+
+/// Copies a tree with its metadata (`cp -a`).
+fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forget_and_prune_keep_exactly_the_policy_and_reclaim_space() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    stack
+        .load_systems(vec![system("ret", &[&src])])
+        .await
+        .unwrap();
+    stack.start_agent("ret", AgentUser::Same).await.unwrap();
+
+    // Five snapshots, each with a file of its own; the tree of each is kept aside.
+    let mut snaps = Vec::new();
+    for i in 0..5u64 {
+        write_pseudo_random(&src.join(format!("gen-{i}.bin")), 4_000_000, 1000 + i).unwrap();
+        if i >= 2 {
+            std::fs::remove_file(src.join(format!("gen-{}.bin", i - 2))).unwrap();
+        }
+        let job = stack.backup(&["ret"]).await.unwrap()[0];
+        let (_, rec) = stack.wait_job(job).await.unwrap();
+        assert_eq!(rec.status, JobStatus::Succeeded);
+        let expected = data.path().join(format!("expected-{i}"));
+        copy_tree(&src, &expected);
+        snaps.push((rec.snapshot.unwrap(), expected));
+    }
+
+    // A dry run changes nothing.
+    let out = stack.arca(&["forget", "ret", "--keep-last", "2", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 kept, 3 would forget"), "{text}");
+    assert_eq!(stack.snapshots("ret").await.unwrap().len(), 5);
+    // A policy that keeps nothing is refused.
+    assert!(!stack.arca(&["forget", "ret"]).status.success());
+
+    let out = stack.arca(&["forget", "ret", "--keep-last", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: BTreeSet<_> = stack
+        .snapshots("ret")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let want: BTreeSet<_> = snaps[3..].iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(left, want);
+
+    let before = packs_of(&stack, "ret")
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum::<u64>();
+    let out = stack.arca(&["prune"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = packs_of(&stack, "ret")
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum::<u64>();
+    // The kept snapshots need gen-2, gen-3 and gen-4; gen-0 and gen-1
+    // (8 MB) are no longer needed.
+    assert!(after + 7_900_000 < before, "before {before}, after {after}");
+    assert!(after > 12_000_000, "before {before}, after {after}");
+    let report = verify(&stack, true).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+    for (id, expected) in &snaps[3..] {
+        let target = data.path().join(format!("restored-{id}"));
+        let job = stack.restore(id, Some(&target)).await.unwrap();
+        assert_eq!(
+            stack.wait_job(job).await.unwrap().1.status,
+            JobStatus::Succeeded
+        );
+        compare(expected, &target.join(src.strip_prefix("/").unwrap())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prune_killed_at_any_point_leaves_a_repository_that_verifies_clean() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    stack
+        .load_systems(vec![system("pk", &[&src])])
+        .await
+        .unwrap();
+    stack.start_agent("pk", AgentUser::Same).await.unwrap();
+    let mut seed = 0x1234_5678u64;
+    for round in 0..5u64 {
+        // Two new snapshots, each replacing half of the data.
+        for step in 0..2u64 {
+            for f in 0..4u64 {
+                if (f + step) % 2 == 0 {
+                    write_pseudo_random(
+                        &src.join(format!("f{f}")),
+                        3_000_000,
+                        round * 100 + step * 10 + f,
+                    )
+                    .unwrap();
+                }
+            }
+            let job = stack.backup(&["pk"]).await.unwrap()[0];
+            assert_eq!(
+                stack.wait_job(job).await.unwrap().1.status,
+                JobStatus::Succeeded
+            );
+        }
+        let out = stack.arca(&["forget", "pk", "--keep-last", "1"]);
+        assert!(out.status.success());
+        // Start a prune and kill media somewhere inside it.
+        let client = stack.client.clone();
+        let prune = tokio::spawn(async move {
+            let _: Result<PruneReport, _> = rpc::request_with_timeout(
+                &client,
+                subject::media("main", MediaVerb::Prune),
+                &PruneRepository { dry_run: false },
+                Duration::from_secs(30),
+            )
+            .await;
+        });
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_micros(seed % 80_000)).await;
+        stack.kill("media");
+        prune.abort();
+        stack.restart("media").await.unwrap();
+        let report = verify(&stack, true).await;
+        assert!(report.problems.is_empty(), "round {round}: {report:#?}");
+        // The kept snapshot still restores bit-exact.
+        let snap = stack.snapshots("pk").await.unwrap()[0].id.clone();
+        let target = data.path().join(format!("restored-{round}"));
+        let job = stack.restore(&snap, Some(&target)).await.unwrap();
+        assert_eq!(
+            stack.wait_job(job).await.unwrap().1.status,
+            JobStatus::Succeeded
+        );
+        compare(&src, &target.join(src.strip_prefix("/").unwrap())).unwrap();
+    }
+    // A prune left to finish reclaims what the killed ones did not.
+    let r: PruneReport = rpc::request_with_timeout(
+        &stack.client,
+        subject::media("main", MediaVerb::Prune),
+        &PruneRepository { dry_run: false },
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert!(r.bytes_after <= r.bytes_before);
+    let report = verify(&stack, true).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+    let dry: PruneReport = rpc::request(
+        &stack.client,
+        subject::media("main", MediaVerb::Prune),
+        &PruneRepository { dry_run: true },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.chunks_removed, 0, "{dry:#?}");
+}

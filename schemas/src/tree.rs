@@ -21,6 +21,9 @@ pub enum NodeKind {
     File {
         /// Chunks in order.
         chunks: Vec<ChunkId>,
+        /// Plain length of each chunk, so that a restore can write chunks
+        /// at their offsets in any order.
+        sizes: Vec<u32>,
     },
     /// A symbolic link.
     Symlink {

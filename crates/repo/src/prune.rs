@@ -67,7 +67,7 @@ impl Repository {
                     detail: e.to_string(),
                 })?;
                 for node in batch.nodes {
-                    if let NodeKind::File { chunks } = node.kind {
+                    if let NodeKind::File { chunks, .. } = node.kind {
                         used.extend(chunks.into_iter().map(|c| (system.clone(), c)));
                     }
                 }

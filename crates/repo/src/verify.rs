@@ -168,7 +168,7 @@ impl Repository {
                     }
                 };
                 for node in &batch.nodes {
-                    let NodeKind::File { chunks } = &node.kind else {
+                    let NodeKind::File { chunks, .. } = &node.kind else {
                         continue;
                     };
                     for c in chunks {

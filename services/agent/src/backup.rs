@@ -360,6 +360,7 @@ impl Reader<'_> {
             Some(path.to_string_lossy().into_owned());
         let p = self.params;
         let mut chunks = Vec::new();
+        let mut sizes = Vec::new();
         let mut size = 0u64;
         for chunk in chunker(file, &p) {
             let chunk = match chunk {
@@ -372,6 +373,7 @@ impl Reader<'_> {
             size += chunk.length as u64;
             let id = frame::chunk_id(&self.key, &chunk.data);
             chunks.push(id);
+            sizes.push(chunk.length as u32);
             {
                 let mut pr = self.progress.lock().expect("progress lock");
                 pr.stats.bytes += chunk.length as u64;
@@ -379,7 +381,7 @@ impl Reader<'_> {
             }
             self.send(id, chunk.data, false)?;
         }
-        let mut n = node(path, NodeKind::File { chunks }, &md);
+        let mut n = node(path, NodeKind::File { chunks, sizes }, &md);
         n.size = size;
         self.progress.lock().expect("progress lock").stats.files += 1;
         self.push(n)

@@ -1,19 +1,21 @@
 //! Writing a snapshot back onto the system.
 //!
-//! The async side fetches the tree, then each file's chunks with up to
-//! `window` requests in flight, and hands frames in file order to a
-//! blocking writer thread. The writer checks every chunk against the id
-//! recorded at backup time (invariant 6), writes each file under a
-//! temporary name beside its destination and renames it into place only
-//! when the whole file verified, so a failed file never replaces a good
-//! one. Folder metadata is applied last, deepest first, because writing
-//! into a folder changes its mtime.
+//! The tree is read first. Folders are created, then the chunks of every
+//! file are fetched with up to `window` requests in flight across files,
+//! in any order, and each is checked against the id recorded at backup time
+//! (invariant 6) and written at its offset (the tree records every chunk's
+//! length). A file is written under a temporary name beside its
+//! destination and renamed into place only when all of it verified, so a
+//! failed file never replaces a good one. Symlinks follow; folder metadata
+//! is applied last, deepest first, because writing into a folder changes
+//! its mtime.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,17 +32,6 @@ use arca_schemas::{ChunkId, codec};
 use futures::stream::{self, StreamExt};
 
 use crate::Progress;
-
-enum Write_ {
-    Node(Node),
-    Chunk {
-        id: ChunkId,
-        frame: Vec<u8>,
-    },
-    /// The current file's chunk could not be fetched.
-    Abort(String),
-    EndFile,
-}
 
 /// Runs one restore transfer to its end.
 pub async fn run(
@@ -74,6 +65,24 @@ async fn get_chunk(
     .await
     .map_err(|e| e.to_reply())?;
     Ok(r.frame)
+}
+
+/// One file being restored.
+struct FileState {
+    node: Node,
+    dest: PathBuf,
+    /// Created with the first chunk, persisted or dropped with the last.
+    tmp: Mutex<Option<tempfile::NamedTempFile>>,
+    file: std::sync::OnceLock<Result<Arc<File>, String>>,
+    remaining: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+struct Ctx {
+    root: PathBuf,
+    key: [u8; 32],
+    progress: Arc<Mutex<Progress>>,
+    files: Vec<FileState>,
 }
 
 async fn restore(
@@ -121,89 +130,139 @@ async fn restore(
         nodes.extend(batch.nodes);
     }
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Write_>(window.max(1) * 2);
-    let writer_progress = progress.clone();
-    let key = req.chunk_key;
-    let writer =
-        tokio::task::spawn_blocking(move || Writer::new(root, key, writer_progress).run(rx));
-    for node in nodes {
-        let chunks = match &node.kind {
-            NodeKind::File { chunks } => Some(chunks.clone()),
-            _ => None,
-        };
-        if tx.send(Write_::Node(node)).await.is_err() {
-            break;
-        }
-        let Some(chunks) = chunks else { continue };
-        let mut frames = stream::iter(chunks)
-            .map(|id| {
-                let subject = get_subject.clone();
-                async move { (id, get_chunk(client, &subject, id, timeout).await) }
-            })
-            .buffered(window.max(1));
-        while let Some((id, r)) = frames.next().await {
-            let msg = match r {
-                Ok(frame) => Write_::Chunk { id, frame },
-                Err(e) => Write_::Abort(format!("chunk {id}: {}", e.message)),
-            };
-            let abort = matches!(msg, Write_::Abort(_));
-            if tx.send(msg).await.is_err() || abort {
-                break;
-            }
-        }
-        if tx.send(Write_::EndFile).await.is_err() {
-            break;
+    // Folders first, in walk order.
+    let (mut dirs, mut links, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    for n in nodes {
+        match n.kind {
+            NodeKind::Dir => dirs.push(n),
+            NodeKind::Symlink { .. } => links.push(n),
+            NodeKind::File { .. } => files.push(n),
         }
     }
-    drop(tx);
-    writer
+    let ctx = Arc::new(Ctx {
+        key: req.chunk_key,
+        progress: progress.clone(),
+        files: Vec::new(),
+        root,
+    });
+    let dirs = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            dirs.retain(|d| ctx.make_dir(d));
+            dirs
+        })
         .await
-        .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))?
-}
-
-/// Refuses a target that cannot be written, before anything is written.
-fn check_writable(target: &Path) -> Result<(), ErrorReply> {
-    let refuse = |e: std::io::Error| {
-        ErrorReply::bad_request(format!(
-            "restore target {} is not writable: {e}; choose another folder with --target",
-            target.display()
-        ))
+        .map_err(|e| ErrorReply::internal(e.to_string()))?
     };
-    std::fs::create_dir_all(target).map_err(refuse)?;
-    let probe = tempfile::Builder::new()
-        .prefix(".arca-probe-")
-        .tempfile_in(target)
-        .map_err(refuse)?;
-    drop(probe);
+    let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("no other owner"));
+    ctx.files = files
+        .into_iter()
+        .map(|node| {
+            let n = match &node.kind {
+                NodeKind::File { chunks, .. } => chunks.len(),
+                _ => 0,
+            };
+            FileState {
+                dest: ctx.dest(&node.path),
+                node,
+                tmp: Mutex::new(None),
+                file: std::sync::OnceLock::new(),
+                remaining: AtomicUsize::new(n),
+                failed: Mutex::new(None),
+            }
+        })
+        .collect();
+    let ctx = Arc::new(ctx);
+
+    // Empty files need no chunk.
+    {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..ctx.files.len() {
+                if ctx.files[i].remaining.load(Ordering::Relaxed) == 0 {
+                    ctx.finish_file(i);
+                }
+            }
+        })
+        .await
+        .map_err(|e| ErrorReply::internal(e.to_string()))?;
+    }
+
+    // Every chunk of every file, fetched and written in any order.
+    let pieces: Vec<(usize, u64, ChunkId)> = ctx
+        .files
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            let (chunks, sizes) = match &f.node.kind {
+                NodeKind::File { chunks, sizes } => (chunks.clone(), sizes.clone()),
+                _ => (Vec::new(), Vec::new()),
+            };
+            let mut offset = 0u64;
+            let offsets: Vec<u64> = sizes
+                .iter()
+                .map(|s| {
+                    let o = offset;
+                    offset += *s as u64;
+                    o
+                })
+                .collect();
+            chunks
+                .into_iter()
+                .zip(offsets)
+                .map(move |(id, off)| (i, off, id))
+        })
+        .collect();
+    let mut done = stream::iter(pieces)
+        .map(|(i, offset, id)| {
+            let ctx = ctx.clone();
+            let subject = get_subject.clone();
+            let client = client.clone();
+            async move {
+                let fetched = get_chunk(&client, &subject, id, timeout).await;
+                let ctx2 = ctx.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    match fetched {
+                        Ok(frame) => ctx2.write_piece(i, offset, id, &frame),
+                        Err(e) => ctx2.fail(i, format!("chunk {id}: {}", e.message)),
+                    }
+                    if ctx2.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        ctx2.finish_file(i);
+                    }
+                })
+                .await;
+            }
+        })
+        .buffer_unordered(window.max(1));
+    while done.next().await.is_some() {}
+    drop(done);
+
+    let ctx2 = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        for l in &links {
+            let dest = ctx2.dest(&l.path);
+            if let NodeKind::Symlink { target } = &l.kind {
+                ctx2.progress.lock().expect("progress lock").stats.entries += 1;
+                if let Err(e) = symlink(&dest, target, l) {
+                    ctx2.file_error(&dest, e);
+                }
+            }
+        }
+        // Deepest first, so setting a folder's mtime is not undone by
+        // writing into one of its subfolders.
+        for d in dirs.iter().rev() {
+            let dest = ctx2.dest(&d.path);
+            if let Err(e) = apply_metadata(&dest, d, false) {
+                ctx2.file_error(&dest, e);
+            }
+        }
+    })
+    .await
+    .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))?;
     Ok(())
 }
 
-struct Writer {
-    root: PathBuf,
-    key: [u8; 32],
-    progress: Arc<Mutex<Progress>>,
-    dirs: Vec<Node>,
-    current: Option<OpenFile>,
-}
-
-struct OpenFile {
-    node: Node,
-    dest: PathBuf,
-    tmp: tempfile::NamedTempFile,
-    failed: Option<String>,
-}
-
-impl Writer {
-    fn new(root: PathBuf, key: [u8; 32], progress: Arc<Mutex<Progress>>) -> Self {
-        Writer {
-            root,
-            key,
-            progress,
-            dirs: Vec::new(),
-            current: None,
-        }
-    }
-
+impl Ctx {
     fn dest(&self, path: &[u8]) -> PathBuf {
         let rel = path.strip_prefix(b"/").unwrap_or(path);
         if rel.is_empty() {
@@ -225,122 +284,98 @@ impl Writer {
             });
     }
 
-    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Write_>) -> Result<(), ErrorReply> {
-        while let Some(msg) = rx.blocking_recv() {
-            match msg {
-                Write_::Node(node) => self.node(node),
-                Write_::Chunk { id, frame } => self.chunk(id, &frame),
-                Write_::Abort(e) => {
-                    if let Some(f) = &mut self.current {
-                        f.failed.get_or_insert(e);
-                    }
-                }
-                Write_::EndFile => self.end_file(),
-            }
-        }
-        // Deepest first, so setting a folder's mtime is not undone by
-        // writing into one of its subfolders.
-        let dirs = std::mem::take(&mut self.dirs);
-        for d in dirs.iter().rev() {
-            let dest = self.dest(&d.path);
-            if let Err(e) = apply_metadata(&dest, d, false) {
-                self.file_error(&dest, e);
-            }
-        }
-        Ok(())
-    }
-
-    fn node(&mut self, node: Node) {
+    /// Creates a folder; false when it could not be.
+    fn make_dir(&self, node: &Node) -> bool {
         let dest = self.dest(&node.path);
         self.progress.lock().expect("progress lock").stats.entries += 1;
-        match &node.kind {
-            NodeKind::Dir => {
-                if let Err(e) = std::fs::create_dir_all(&dest) {
-                    self.file_error(&dest, format!("cannot create folder: {e}"));
-                } else {
-                    self.dirs.push(node);
-                }
-            }
-            NodeKind::Symlink { target } => {
-                if let Err(e) = self.symlink(&dest, target, &node) {
-                    self.file_error(&dest, e);
-                }
-            }
-            NodeKind::File { .. } => {
-                let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                let opened = std::fs::create_dir_all(&parent).and_then(|_| {
-                    tempfile::Builder::new()
-                        .prefix(".arca-restore-")
-                        .tempfile_in(&parent)
-                });
-                match opened {
-                    Ok(tmp) => {
-                        self.progress.lock().expect("progress lock").current =
-                            Some(dest.to_string_lossy().into_owned());
-                        self.current = Some(OpenFile {
-                            node,
-                            dest,
-                            tmp,
-                            failed: None,
-                        });
-                    }
-                    Err(e) => {
-                        // Chunks of this file still arrive; they are dropped.
-                        self.file_error(&dest, format!("cannot create file: {e}"));
-                        self.current = None;
-                    }
-                }
+        match std::fs::create_dir_all(&dest) {
+            Ok(()) => true,
+            Err(e) => {
+                self.file_error(&dest, format!("cannot create folder: {e}"));
+                false
             }
         }
     }
 
-    fn symlink(&self, dest: &Path, target: &[u8], node: &Node) -> Result<(), String> {
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create folder: {e}"))?;
-        }
-        if let Ok(md) = std::fs::symlink_metadata(dest)
-            && !md.is_dir()
-        {
-            std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
-        }
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
-            .map_err(|e| format!("cannot create symlink: {e}"))?;
-        apply_metadata(dest, node, true)
+    fn fail(&self, i: usize, error: String) {
+        self.files[i]
+            .failed
+            .lock()
+            .expect("file lock")
+            .get_or_insert(error);
     }
 
-    fn chunk(&mut self, id: ChunkId, frame_bytes: &[u8]) {
-        let Some(f) = &mut self.current else { return };
-        if f.failed.is_some() {
+    /// The file's temporary file, created (at its full size) on first use.
+    fn open(&self, i: usize) -> Result<Arc<File>, String> {
+        let f = &self.files[i];
+        f.file
+            .get_or_init(|| {
+                let parent = f.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+                let tmp = std::fs::create_dir_all(&parent)
+                    .and_then(|_| {
+                        tempfile::Builder::new()
+                            .prefix(".arca-restore-")
+                            .tempfile_in(&parent)
+                    })
+                    .map_err(|e| format!("cannot create file: {e}"))?;
+                tmp.as_file()
+                    .set_len(f.node.size)
+                    .map_err(|e| format!("cannot size file: {e}"))?;
+                let handle = tmp
+                    .as_file()
+                    .try_clone()
+                    .map_err(|e| format!("cannot open file: {e}"))?;
+                *f.tmp.lock().expect("file lock") = Some(tmp);
+                Ok(Arc::new(handle))
+            })
+            .clone()
+    }
+
+    fn write_piece(&self, i: usize, offset: u64, id: ChunkId, frame_bytes: &[u8]) {
+        if self.files[i].failed.lock().expect("file lock").is_some() {
             return;
         }
-        match frame::decode(frame_bytes, &self.key, &id) {
-            Ok(data) => {
-                if let Err(e) = f.tmp.write_all(&data) {
-                    f.failed = Some(format!("write failed: {e}"));
-                    return;
-                }
+        let written = frame::decode(frame_bytes, &self.key, &id)
+            .map_err(|e| e.to_string())
+            .and_then(|data| {
+                let file = self.open(i)?;
+                file.write_all_at(&data, offset)
+                    .map_err(|e| format!("write failed: {e}"))?;
+                Ok(data.len())
+            });
+        match written {
+            Ok(n) => {
                 let mut p = self.progress.lock().expect("progress lock");
-                p.stats.bytes += data.len() as u64;
+                p.stats.bytes += n as u64;
                 p.stats.chunks += 1;
                 p.stats.wire_bytes += frame_bytes.len() as u64;
+                p.current = Some(self.files[i].dest.to_string_lossy().into_owned());
             }
-            Err(e) => f.failed = Some(e.to_string()),
+            Err(e) => self.fail(i, e),
         }
     }
 
-    fn end_file(&mut self) {
-        let Some(f) = self.current.take() else { return };
-        if let Some(e) = f.failed {
+    /// Renames a whole, verified file into place, or reports it.
+    fn finish_file(&self, i: usize) {
+        let f = &self.files[i];
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        if let Some(e) = f.failed.lock().expect("file lock").take() {
+            drop(f.tmp.lock().expect("file lock").take());
             self.file_error(
                 &f.dest,
                 format!("not restored, the original is left as it was: {e}"),
             );
             return;
         }
-        let tmp_path = f.tmp.path().to_path_buf();
-        let result = apply_metadata(&tmp_path, &f.node, false).and_then(|_| {
-            f.tmp
-                .persist(&f.dest)
+        if let Err(e) = self.open(i) {
+            self.file_error(&f.dest, e);
+            return;
+        }
+        let Some(tmp) = f.tmp.lock().expect("file lock").take() else {
+            return;
+        };
+        let result = apply_metadata(tmp.path(), &f.node, false).and_then(|_| {
+            tmp.persist(&f.dest)
                 .map(|_| ())
                 .map_err(|e| format!("cannot move into place: {}", e.error))
         });
@@ -349,6 +384,37 @@ impl Writer {
             Err(e) => self.file_error(&f.dest, e),
         }
     }
+}
+
+fn symlink(dest: &Path, target: &[u8], node: &Node) -> Result<(), String> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create folder: {e}"))?;
+    }
+    if let Ok(md) = std::fs::symlink_metadata(dest)
+        && !md.is_dir()
+    {
+        std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
+    }
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
+        .map_err(|e| format!("cannot create symlink: {e}"))?;
+    apply_metadata(dest, node, true)
+}
+
+/// Refuses a target that cannot be written, before anything is written.
+fn check_writable(target: &Path) -> Result<(), ErrorReply> {
+    let refuse = |e: std::io::Error| {
+        ErrorReply::bad_request(format!(
+            "restore target {} is not writable: {e}; choose another folder with --target",
+            target.display()
+        ))
+    };
+    std::fs::create_dir_all(target).map_err(refuse)?;
+    let probe = tempfile::Builder::new()
+        .prefix(".arca-probe-")
+        .tempfile_in(target)
+        .map_err(refuse)?;
+    drop(probe);
+    Ok(())
 }
 
 /// Sets owner, mode and mtime. Symlinks get owner and mtime only.

@@ -480,7 +480,7 @@ impl Media {
                 ErrorReply::bad_request(format!("tree chunk {id} is not a tree: {e}"))
             })?;
             for node in &batch.nodes {
-                if let NodeKind::File { chunks } = &node.kind
+                if let NodeKind::File { chunks, .. } = &node.kind
                     && let Some(missing) = chunks.iter().find(|c| !self.repo.has_chunk(system, c))
                 {
                     return Err(ErrorReply::bad_request(format!(

@@ -165,6 +165,9 @@ pub struct TransferStats {
     pub new_chunks: u64,
     /// Bytes that crossed the network after compression.
     pub wire_bytes: u64,
+    /// Backup: files not read because the parent snapshot has them unchanged.
+    #[serde(default)]
+    pub unchanged_files: u64,
 }
 
 /// The scheduler's record of a job, kept in the jobs bucket.

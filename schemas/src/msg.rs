@@ -309,6 +309,10 @@ pub struct StartBackupTransfer {
     pub session: String,
     /// Paths to back up.
     pub paths: Vec<String>,
+    /// The system's previous snapshot: files whose size, mtime, ctime and
+    /// inode are unchanged reuse its chunk lists without being read.
+    /// `None` reads every file (a full backup).
+    pub parent: Option<SnapshotId>,
     /// The system's chunk-id key.
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]

@@ -56,6 +56,15 @@ pub struct Node {
     pub mtime_nsec: u32,
     /// Size in bytes (files), 0 otherwise.
     pub size: u64,
+    /// Status change time, seconds since the epoch.
+    #[serde(default)]
+    pub ctime: i64,
+    /// Status change time, nanoseconds within the second.
+    #[serde(default)]
+    pub ctime_nsec: u32,
+    /// Inode number, to notice a file replaced by another.
+    #[serde(default)]
+    pub inode: u64,
 }
 
 /// A batch of nodes: the content of one tree chunk.

@@ -85,8 +85,18 @@ pub async fn run(
         timeout,
     };
     let key = req.chunk_key;
+    let parent = match &req.parent {
+        Some(id) => match load_parent(&client, &system, &req.media, id, &key, timeout).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(parent = %id, error = %e.message, "parent snapshot unreadable; reading every file");
+                ParentFiles::new()
+            }
+        },
+        None => ParentFiles::new(),
+    };
     let reader = tokio::task::spawn_blocking(move || {
-        read_all(&paths, params, key, asker, tx, &reader_progress)
+        read_all(parent, &paths, params, key, asker, tx, &reader_progress)
     });
 
     let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
@@ -193,6 +203,44 @@ pub async fn run(
     }
 }
 
+/// The files of the parent snapshot, for skipping unchanged ones.
+async fn load_parent(
+    client: &async_nats::Client,
+    system: &str,
+    media: &str,
+    id: &arca_schemas::SnapshotId,
+    key: &[u8; 32],
+    timeout: Duration,
+) -> Result<ParentFiles, ErrorReply> {
+    let snap: arca_schemas::msg::SnapshotReply = rpc::request(
+        client,
+        subject::media_data(media, system, MediaDataVerb::Snapshot),
+        &arca_schemas::msg::GetSnapshot {
+            snapshot: id.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_reply())?;
+    let get = subject::media_data(media, system, MediaDataVerb::Get);
+    let mut files = ParentFiles::new();
+    for tree in &snap.tree {
+        let body = arca_schemas::msg::GetChunk { id: *tree };
+        let data: arca_schemas::msg::ChunkData =
+            rpc::request_with_timeout(client, get.clone(), &body, timeout)
+                .await
+                .map_err(|e| e.to_reply())?;
+        let plain = frame::decode(&data.frame, key, tree).map_err(|e| e.to_reply())?;
+        let batch: TreeBatch =
+            codec::decode(&plain).map_err(|e| ErrorReply::internal(e.to_string()))?;
+        for n in batch.nodes {
+            if matches!(n.kind, NodeKind::File { .. }) {
+                files.insert(n.path.clone(), n);
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Asks media which chunks it already holds, from the reader thread.
 struct HasAsker {
     client: async_nats::Client,
@@ -229,6 +277,7 @@ const PENDING_CHUNKS: usize = 256;
 const PENDING_BYTES: usize = 64 << 20;
 
 struct Reader<'a> {
+    parent: ParentFiles,
     params: ChunkParams,
     key: [u8; 32],
     asker: HasAsker,
@@ -243,6 +292,7 @@ struct Reader<'a> {
 
 /// The reader thread: walks, chunks, and feeds the sender.
 fn read_all(
+    parent: ParentFiles,
     paths: &[String],
     params: ChunkParams,
     key: [u8; 32],
@@ -251,6 +301,7 @@ fn read_all(
     progress: &Mutex<Progress>,
 ) -> Result<(), ErrorReply> {
     let mut r = Reader {
+        parent,
         params,
         key,
         asker,
@@ -333,7 +384,7 @@ impl Reader<'_> {
                     Err(e) => self.file_error(&path, format!("cannot read link: {e}")),
                 }
             } else if ft.is_file() {
-                self.file(&path)?;
+                self.file(&path, &md)?;
             } else {
                 self.file_error(&path, "special files are not backed up yet".into());
             }
@@ -341,7 +392,29 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn file(&mut self, path: &Path) -> Result<(), ErrorReply> {
+    fn file(&mut self, path: &Path, md: &std::fs::Metadata) -> Result<(), ErrorReply> {
+        if let Some(before) = self.parent.get(path.as_os_str().as_bytes())
+            && let NodeKind::File { chunks, sizes } = &before.kind
+            && unchanged(before, md)
+        {
+            let mut n = node(
+                path,
+                NodeKind::File {
+                    chunks: chunks.clone(),
+                    sizes: sizes.clone(),
+                },
+                md,
+            );
+            n.size = before.size;
+            {
+                let mut p = self.progress.lock().expect("progress lock");
+                p.stats.files += 1;
+                p.stats.bytes += before.size;
+                p.stats.chunks += chunks.len() as u64;
+                p.stats.unchanged_files += 1;
+            }
+            return self.push(n);
+        }
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -453,7 +526,23 @@ fn node(path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
         mtime: md.mtime(),
         mtime_nsec: md.mtime_nsec() as u32,
         size: 0,
+        ctime: md.ctime(),
+        ctime_nsec: md.ctime_nsec() as u32,
+        inode: md.ino(),
     }
+}
+
+/// The parent snapshot's files, by path.
+pub type ParentFiles = std::collections::HashMap<Vec<u8>, Node>;
+
+/// True when `now` is the same file, unchanged, as `before`.
+fn unchanged(before: &Node, now: &std::fs::Metadata) -> bool {
+    before.size == now.size()
+        && before.mtime == now.mtime()
+        && before.mtime_nsec == now.mtime_nsec() as u32
+        && before.ctime == now.ctime()
+        && before.ctime_nsec == now.ctime_nsec() as u32
+        && before.inode == now.ino()
 }
 
 #[cfg(test)]

@@ -304,6 +304,7 @@ impl Driver {
                     media: system.media.clone(),
                     session: session.session,
                     paths: system.paths.clone(),
+                    parent: self.parent_snapshot(system).await,
                     chunk_key: chunk_key.key,
                 };
                 let _: TransferAccepted = rpc::retry(Duration::from_secs(30), || {
@@ -387,6 +388,16 @@ impl Driver {
         })
         .await;
         Ok(())
+    }
+
+    /// The system's newest snapshot on its media: unchanged files are
+    /// taken from it without being read.
+    async fn parent_snapshot(&self, system: &SystemConfig) -> Option<arca_schemas::SnapshotId> {
+        let all = self.sched.all_snapshots().await.ok()?;
+        all.into_iter()
+            .filter(|s| s.system == system.name && s.media == system.media)
+            .max_by_key(|s| s.time)
+            .map(|s| s.id)
     }
 
     /// Polls the agent until the transfer ends, publishing progress.

@@ -152,3 +152,74 @@ async fn an_unchanged_tree_moves_no_new_chunks_the_second_time() {
     assert_eq!(rec2.stats.new_chunks, 0, "{rec2:#?}");
     assert_ne!(rec1.snapshot, rec2.snapshot);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its_own_time() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..10u64 {
+        write_pseudo_random(&src.join(format!("sub/f{i}")), 500_000, i).unwrap();
+    }
+    std::fs::write(src.join("same-size.txt"), b"version one").unwrap();
+    std::fs::write(src.join("touched.txt"), b"unchanged content").unwrap();
+    stack
+        .load_systems(vec![system("inc", &[&src])])
+        .await
+        .unwrap();
+    stack
+        .start_agent("inc", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+    let first = stack.backup(&["inc"]).await.unwrap()[0];
+    let (_, r1) = stack.wait_job(first).await.unwrap();
+    assert_eq!(r1.stats.unchanged_files, 0);
+    let at_first = data.path().join("at-first");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&at_first)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // Same size, same mtime, other bytes: only the ctime tells.
+    let t = FileTime::from_last_modification_time(
+        &std::fs::metadata(src.join("same-size.txt")).unwrap(),
+    );
+    std::fs::write(src.join("same-size.txt"), b"version two").unwrap();
+    filetime::set_file_mtime(src.join("same-size.txt"), t).unwrap();
+    // Touched without change, added, deleted, renamed.
+    filetime::set_file_mtime(
+        src.join("touched.txt"),
+        FileTime::from_unix_time(1_600_000_000, 0),
+    )
+    .unwrap();
+    std::fs::write(src.join("added.txt"), b"new file").unwrap();
+    std::fs::remove_file(src.join("sub/f0")).unwrap();
+    std::fs::rename(src.join("sub/f1"), src.join("sub/f1-renamed")).unwrap();
+
+    let second = stack.backup(&["inc"]).await.unwrap()[0];
+    let (_, r2) = stack.wait_job(second).await.unwrap();
+    assert_eq!(r2.status, arca_schemas::JobStatus::Succeeded);
+    // f2..f9 are unchanged; the renamed file has a new path, so it is read
+    // (and deduplicates); the others changed.
+    assert_eq!(r2.stats.unchanged_files, 8, "{r2:#?}");
+    assert_eq!(r2.stats.files, 12);
+
+    for (snap, expected) in [
+        (r1.snapshot.unwrap(), &at_first),
+        (r2.snapshot.unwrap(), &src),
+    ] {
+        let target = data.path().join(format!("restored-{snap}"));
+        let job = stack.restore(&snap, Some(&target)).await.unwrap();
+        assert_eq!(
+            stack.wait_job(job).await.unwrap().1.status,
+            arca_schemas::JobStatus::Succeeded
+        );
+        compare(expected, &restored_path(&target, &src)).unwrap();
+    }
+}

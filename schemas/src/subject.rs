@@ -109,6 +109,10 @@ verbs!(
         ListJobs = "list-jobs",
         GetJob = "get-job",
         ListSnapshots = "list-snapshots",
+        GetSystem = "get-system",
+        RemoveSystem = "remove-system",
+        Cancel = "cancel",
+        RebuildCatalog = "rebuild-catalog",
     }
 );
 
@@ -121,6 +125,7 @@ verbs!(
         Backup = "backup",
         Restore = "restore",
         Status = "status",
+        Cancel = "cancel",
     }
 );
 

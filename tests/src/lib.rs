@@ -171,7 +171,10 @@ impl Stack {
         let _: LoadSystemsReply = rpc::request(
             &self.client,
             subject::scheduler("main", SchedulerVerb::LoadSystems),
-            &LoadSystems { systems },
+            &LoadSystems {
+                systems,
+                mode: LoadMode::Upsert,
+            },
         )
         .await?;
         Ok(())
@@ -193,6 +196,7 @@ impl Stack {
             subject::scheduler("main", SchedulerVerb::Backup),
             &StartBackup {
                 systems: systems.iter().map(|s| s.to_string()).collect(),
+                backup_type: None,
             },
         )
         .await?;
@@ -276,6 +280,11 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         firewalls: vec![FIREWALL.to_owned()],
         media: "main".to_owned(),
         hooks: Default::default(),
+        agent: None,
+        exclude: Vec::new(),
+        schedules: Default::default(),
+        retention: Default::default(),
+        priority: 0,
     }
 }
 

@@ -104,7 +104,8 @@ impl Schedules {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Five fields (minute hour day-of-month month day-of-week), e.g.
-    /// `0 1 * * SUN`; the scheduler refuses an expression it cannot read.
+    /// `0 1 * * SUN`, or six with seconds first; the scheduler refuses an
+    /// expression it cannot read.
     pub cron: String,
     /// IANA time zone the expression is read in, e.g. `Europe/Berlin`.
     #[serde(default = "default_time_zone")]

@@ -18,6 +18,9 @@ use futures::StreamExt;
 /// Firewall controller id every stack starts.
 pub const FIREWALL: &str = "local";
 
+/// The scheduler configuration every stack starts with.
+const SCHEDULER_CONFIG: &str = "lease-secs = 30\nagent-timeout-secs = 20\n";
+
 /// A running stack.
 pub struct Stack {
     /// The server.
@@ -55,10 +58,7 @@ impl Stack {
             js,
             services: HashMap::new(),
         };
-        stack.write(
-            "scheduler.toml",
-            "lease-secs = 30\nagent-timeout-secs = 20\n",
-        )?;
+        stack.write("scheduler.toml", SCHEDULER_CONFIG)?;
         stack.write(
             "firewall.toml",
             &format!("id = \"{FIREWALL}\"\nbackend = \"none\"\n"),
@@ -154,6 +154,84 @@ impl Stack {
         })
         .await?;
         Ok(())
+    }
+
+    /// Kills the scheduler (if it runs) and starts it again with `extra`
+    /// lines added to its configuration and `env` added to its environment,
+    /// then waits until it answers.
+    pub async fn restart_scheduler(
+        &mut self,
+        extra: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        if let Some(p) = self.services.get_mut("scheduler") {
+            p.kill();
+        }
+        self.write("scheduler.toml", &format!("{SCHEDULER_CONFIG}{extra}\n"))?;
+        let mut all = vec![("NATS_URL", self.nats.url())];
+        all.extend(env.iter().cloned());
+        let p = ServiceProcess::spawn(
+            "arca-scheduler",
+            [
+                "--config",
+                self.dir.path().join("scheduler.toml").to_str().unwrap(),
+            ],
+            &all,
+            self.dir.path(),
+        )?;
+        self.services.insert("scheduler".to_owned(), p);
+        let _: ListSystemsReply = rpc::retry(Duration::from_secs(30), || {
+            rpc::request(
+                &self.client,
+                subject::scheduler("main", SchedulerVerb::ListSystems),
+                &ListSystems {},
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until a job is final, polling its record.
+    pub async fn wait_final(&self, job: JobId, within: Duration) -> anyhow::Result<JobRecord> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(rec) = self.job(job).await
+                && rec.status.is_final()
+            {
+                return Ok(rec);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "job {job} not final within {within:?}: {:#?}",
+                    self.job(job).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Snapshots the media service holds for `system`, read from the
+    /// repository rather than the catalog.
+    pub async fn media_snapshots(&self, system: &str) -> anyhow::Result<Vec<SnapshotInfo>> {
+        let r: ListSnapshotsReply = rpc::request(
+            &self.client,
+            subject::media("main", subject::MediaVerb::Snapshots),
+            &MediaListSnapshots {
+                system: Some(system.to_owned()),
+            },
+        )
+        .await?;
+        Ok(r.snapshots)
+    }
+
+    /// Asks the scheduler to cancel a job.
+    pub async fn cancel(&self, job: JobId) -> Result<JobRecord, rpc::RpcError> {
+        rpc::request(
+            &self.client,
+            subject::scheduler("main", SchedulerVerb::Cancel),
+            &CancelJob { job },
+        )
+        .await
     }
 
     /// Kills a service (`scheduler`, `firewall`, `media`, `agent-<system>`) with SIGKILL.

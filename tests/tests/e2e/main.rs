@@ -10,8 +10,15 @@
 //! - `hooks`: pre and post hooks around the transfer, also when media dies.
 //! - `events`: a late subscriber reads a whole job; systems run one at a time.
 //! - `bad_input`: clear errors, and nothing half-written.
+//! - `crash`: the scheduler killed at every step of a backup and a restore;
+//!   the agent's own deadline.
+//! - `scheduling`: priority order, max-parallel, cancel, schedules firing.
+//! - `registry`: `arca system ...`, `arca jobs`, `arca catalog rebuild`.
+//! - `dashboard`: every event of real jobs validated against its JSON
+//!   Schema by a Python client (nats-py).
 
 mod bad_input;
+mod crash;
 mod events;
 mod hooks;
 mod round_trip;

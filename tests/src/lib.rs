@@ -224,6 +224,17 @@ impl Stack {
         Ok(r.snapshots)
     }
 
+    /// Every job record, newest first.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<JobRecord>> {
+        let r: ListJobsReply = rpc::request(
+            &self.client,
+            subject::scheduler("main", SchedulerVerb::ListJobs),
+            &ListJobs::default(),
+        )
+        .await?;
+        Ok(r.jobs)
+    }
+
     /// Asks the scheduler to cancel a job.
     pub async fn cancel(&self, job: JobId) -> Result<JobRecord, rpc::RpcError> {
         rpc::request(

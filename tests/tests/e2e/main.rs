@@ -22,3 +22,4 @@ mod crash;
 mod events;
 mod hooks;
 mod round_trip;
+mod scheduling;

@@ -21,5 +21,6 @@ mod bad_input;
 mod crash;
 mod events;
 mod hooks;
+mod registry;
 mod round_trip;
 mod scheduling;

@@ -581,7 +581,9 @@ impl Driver {
         let stall = Duration::from_secs(self.sched.config.stall_timeout_secs);
         let started = Instant::now();
         let mut last_ok = Instant::now();
-        let mut last_event = Instant::now();
+        // The first progress event goes out at the first answer, then one
+        // every two seconds.
+        let mut last_event: Option<Instant> = None;
         let mut stopping = false;
         let req = GetTransferStatus { job: self.rec.id };
         loop {
@@ -622,8 +624,8 @@ impl Driver {
                 }
                 Ok(TransferState::Running { stats, current }) => {
                     last_ok = Instant::now();
-                    if last_event.elapsed() >= Duration::from_secs(2) {
-                        last_event = Instant::now();
+                    if last_event.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+                        last_event = Some(Instant::now());
                         let secs = started.elapsed().as_secs_f64().max(0.001);
                         self.event(EventDetail::Progress {
                             bytes_per_sec: stats.bytes as f64 / secs,

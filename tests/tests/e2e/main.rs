@@ -19,6 +19,7 @@
 
 mod bad_input;
 mod crash;
+mod dashboard;
 mod events;
 mod hooks;
 mod registry;

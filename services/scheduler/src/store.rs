@@ -47,8 +47,8 @@ async fn all<T: DeserializeOwned>(store: &kv::Store) -> Result<Vec<T>, ErrorRepl
     };
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        // A key deleted between listing and reading is skipped.
-        if let Ok(Some(v)) = get(store, &k).await {
+        // A key deleted between listing and reading reads as None.
+        if let Some(v) = get(store, &k).await? {
             out.push(v);
         }
     }

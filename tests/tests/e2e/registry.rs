@@ -121,10 +121,26 @@ async fn systems_are_added_shown_edited_and_removed_and_bad_input_names_the_fiel
 
     // A firewall the scheduler's configuration lists is known even when no
     // controller answers for it.
+    // The restart also changes the events stream's retention limits.
     stack
-        .restart_scheduler("firewalls = [\"edge\"]", &[])
+        .restart_scheduler(
+            "firewalls = [\"edge\"]\nevents-max-msgs = 100000\nevents-max-age-days = 30",
+            &[],
+        )
         .await
         .unwrap();
+    let mut events = stack
+        .js
+        .get_stream(arca_schemas::names::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let config = &events.info().await.unwrap().config;
+    assert_eq!(config.max_messages, 100_000);
+    assert_eq!(
+        config.max_age,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
+    assert_eq!(config.max_bytes, 1 << 30);
     let edge = systems_file(
         dir.path(),
         "edge",

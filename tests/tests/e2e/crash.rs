@@ -4,7 +4,8 @@
 //! again without the variable and checks what an operator would: the job
 //! is final with a reason, the post hook ran exactly once because the pre
 //! hook did, the firewall has no window open, and there is at most one
-//! snapshot for the job (here exactly one: every step resumes).
+//! snapshot for the job (here exactly one: every step resumes). One more
+//! test kills it in the middle of a transfer, with no test hook at all.
 
 use std::path::Path;
 use std::time::Duration;
@@ -146,6 +147,44 @@ async fn sigkill_at_every_step_of_a_backup() {
         assert_eq!(stored.len(), 1, "killed after {step:?}: {stored:#?}");
         assert_eq!(rec.snapshot.as_ref(), Some(&stored[0].id));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_a_transfer_resumes_it_without_a_second_snapshot() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    arca_testkit::tree::write_pseudo_random(&data.path().join("big"), 300_000_000, 7).unwrap();
+    stack
+        .load_systems(vec![hooked_system("mt", data.path(), marks.path())])
+        .await
+        .unwrap();
+    stack.start_agent("mt", AgentUser::Same).await.unwrap();
+    let job = stack.backup(&["mt"]).await.unwrap()[0];
+    // Kill as soon as the first chunk is stored: the agent goes on sending.
+    let chunks = stack.repo_dir().join("systems/mt/chunks");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&chunks).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no chunk was ever stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stack.kill("scheduler");
+    stack.restart_scheduler("", &[]).await.unwrap();
+    let rec = stack
+        .wait_final(job, Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    assert_eq!(lines(&marks.path().join(format!("{job}.pre"))), 1);
+    assert_eq!(lines(&marks.path().join(format!("{job}.post"))), 1);
+    assert!(stack.open_windows().await.unwrap().is_empty());
+    let stored: Vec<_> = stack.media_snapshots("mt").await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(rec.snapshot.as_ref(), Some(&stored[0].id));
+    assert_eq!(stack.snapshots("mt").await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

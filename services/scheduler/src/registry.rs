@@ -153,3 +153,23 @@ pub(crate) fn placeholder(name: &str) -> SystemConfig {
         priority: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arca_schemas::system::SystemsFile;
+
+    #[test]
+    fn the_sample_systems_files_are_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for file in ["ops/systems.sample.toml", "ops/compose/systems.toml"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let parsed: SystemsFile =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!parsed.systems.is_empty(), "{file}");
+            for s in &parsed.systems {
+                s.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+                crate::schedule::compile(&s.schedules).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
+        }
+    }
+}

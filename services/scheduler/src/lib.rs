@@ -205,34 +205,33 @@ pub async fn run(
     let interrupted = sched.recover().await?;
     tracing::info!(id = %sched.config.id, max_parallel = sched.config.max_parallel, "scheduler ready");
 
+    // The schedules are watched from the start (they only queue jobs).
     // Jobs interrupted by a stop are resumed or ended first; the workers
     // start once they are done, so the number of jobs at work stays within
     // max-parallel.
     let s = sched.clone();
     let workers = tokio::spawn(async move {
+        // Dropping the set (when this task is aborted at shutdown) aborts
+        // every task in it.
+        let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(s.clone().schedule_loop());
         futures::future::join_all(
             interrupted
                 .into_iter()
                 .map(|rec| job::resume(s.clone(), rec)),
         )
         .await;
-        let mut workers = Vec::new();
         for _ in 0..s.config.max_parallel {
             let s = s.clone();
-            workers.push(tokio::spawn(async move {
+            workers.spawn(async move {
                 loop {
                     let id = s.queue.pop().await;
                     s.clone().run_queued(id).await;
                 }
-            }));
+            });
         }
-        let s2 = s.clone();
-        workers.push(tokio::spawn(async move { s2.schedule_loop().await }));
-        // Aborting this task does not abort its children: wait on them so
-        // that dropping them with the runtime is the only way they end.
-        futures::future::join_all(workers).await;
+        while workers.join_next().await.is_some() {}
     });
-    let tasks = vec![workers];
 
     tokio::pin!(shutdown);
     loop {
@@ -245,9 +244,7 @@ pub async fn run(
             else => break,
         }
     }
-    for t in tasks {
-        t.abort();
-    }
+    workers.abort();
     tracing::info!("scheduler stopped");
     Ok(())
 }

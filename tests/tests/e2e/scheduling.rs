@@ -1,7 +1,8 @@
 //! The queue and the clock: systems selected together run one after the
 //! other in priority order, or overlap under `max-parallel 2`; a cancel
 //! during the transfer still runs the post hook, closes the window and
-//! leaves no snapshot; a schedule fires by itself.
+//! leaves no snapshot; a schedule fires by itself, and instants missed while
+//! the scheduler was down do not run as a burst when it is back.
 
 use std::time::Duration;
 
@@ -193,5 +194,78 @@ async fn a_schedule_fires_by_itself_and_records_its_type() {
             assert_eq!(*backup_type, Some(BackupType::Full));
         }
         other => panic!("first event is {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instants_missed_while_the_scheduler_was_down_run_once_not_as_a_burst() {
+    let mut stack = Stack::start().await.unwrap();
+    let config = "schedule-tick-secs = 1\nmissed-run-grace-secs = 3600";
+    stack.restart_scheduler(config, &[]).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), b"data").unwrap();
+    let mut sys = system("down", &[data.path()]);
+    sys.schedules.incremental = Some(ScheduleSpec {
+        cron: "*/5 * * * * *".into(),
+        time_zone: "UTC".into(),
+    });
+    stack.load_systems(vec![sys.clone()]).await.unwrap();
+    stack.start_agent("down", AgentUser::Same).await.unwrap();
+    let scheduled = async |stack: &Stack| -> Vec<arca_schemas::JobRecord> {
+        let mut jobs: Vec<_> = stack
+            .jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|j| j.trigger == Trigger::Schedule)
+            .collect();
+        jobs.sort_by_key(|j| j.scheduled_for);
+        jobs
+    };
+    // Wait for a first scheduled job to end, then stop the scheduler.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = scheduled(&stack).await;
+        if jobs.iter().any(|j| j.status.is_final()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scheduled job ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.kill("scheduler");
+    let down_at = chrono::Utc::now();
+    // Three or four instants pass while it is down.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let up_at = chrono::Utc::now();
+    stack.restart_scheduler(config, &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sys.schedules.incremental = None;
+    stack.load_systems(vec![sys]).await.unwrap();
+    let after: Vec<_> = scheduled(&stack)
+        .await
+        .into_iter()
+        .map(|j| j.scheduled_for.unwrap())
+        .filter(|at| *at > down_at)
+        .collect();
+    // The instants of the first twelve seconds down never ran; the latest
+    // one before the restart (or the first after it) ran once.
+    assert!(!after.is_empty(), "nothing ran after the restart");
+    let five = chrono::Duration::seconds(5);
+    assert!(
+        after.iter().all(|at| *at > up_at - five),
+        "older missed instants ran: {after:?} (down {down_at}, up {up_at})"
+    );
+    assert!(after[0] <= up_at + five, "{after:?}");
+    let mut distinct = after.clone();
+    distinct.dedup();
+    assert_eq!(distinct, after, "an instant ran twice");
+    for j in scheduled(&stack).await {
+        stack
+            .wait_final(j.id, Duration::from_secs(120))
+            .await
+            .unwrap();
     }
 }

@@ -152,6 +152,16 @@ impl Config {
     }
 }
 
+/// What a new job is, apart from its system.
+struct NewJob {
+    kind: JobKind,
+    snapshot: Option<arca_schemas::SnapshotId>,
+    target: Option<String>,
+    backup_type: Option<BackupType>,
+    trigger: Trigger,
+    scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub(crate) struct Scheduler {
     config: Config,
     client: Client,
@@ -307,17 +317,19 @@ impl Scheduler {
     }
 
     /// Creates a queued job and announces it; the caller queues it.
-    #[allow(clippy::too_many_arguments)]
     async fn create_job(
         &self,
-        kind: JobKind,
         system: &arca_schemas::SystemConfig,
-        snapshot: Option<arca_schemas::SnapshotId>,
-        target: Option<String>,
-        backup_type: Option<BackupType>,
-        trigger: Trigger,
-        scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+        new: NewJob,
     ) -> Result<JobRecord, ErrorReply> {
+        let NewJob {
+            kind,
+            snapshot,
+            target,
+            backup_type,
+            trigger,
+            scheduled_for,
+        } = new;
         let now = chrono::Utc::now();
         let rec = JobRecord {
             id: JobId::new(),
@@ -372,17 +384,15 @@ impl Scheduler {
     ) -> Result<Vec<JobId>, ErrorReply> {
         let mut jobs = Vec::new();
         for sys in systems {
-            let rec = self
-                .create_job(
-                    JobKind::Backup,
-                    sys,
-                    None,
-                    None,
-                    Some(backup_type),
-                    trigger,
-                    scheduled_for,
-                )
-                .await?;
+            let new = NewJob {
+                kind: JobKind::Backup,
+                snapshot: None,
+                target: None,
+                backup_type: Some(backup_type),
+                trigger,
+                scheduled_for,
+            };
+            let rec = self.create_job(sys, new).await?;
             jobs.push((rec.priority, rec.id));
         }
         self.queue.push_all(jobs.iter().copied());
@@ -418,17 +428,15 @@ impl Scheduler {
                 info.system
             )));
         }
-        let rec = self
-            .create_job(
-                JobKind::Restore,
-                &system,
-                Some(req.snapshot),
-                req.target,
-                None,
-                Trigger::Operator,
-                None,
-            )
-            .await?;
+        let new = NewJob {
+            kind: JobKind::Restore,
+            snapshot: Some(req.snapshot),
+            target: req.target,
+            backup_type: None,
+            trigger: Trigger::Operator,
+            scheduled_for: None,
+        };
+        let rec = self.create_job(&system, new).await?;
         self.queue.push_all([(rec.priority, rec.id)]);
         Ok(JobsStarted { jobs: vec![rec.id] })
     }

@@ -146,7 +146,13 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
             >= chrono::Duration::seconds(d.sched.config.hook_deadline_secs as i64)
     });
     match d.rec.step {
+        // The clean-up had begun, or a step had failed and its error was
+        // recorded: finish the clean-up and end with that outcome.
         JobStep::Finishing | JobStep::ClosingWindow | JobStep::Done => {
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+        }
+        _ if d.rec.error.is_some() => {
             let cleanup = d.cleanup(&system).await;
             d.end(cleanup).await;
         }

@@ -18,8 +18,9 @@
 //!   job whose pre hook ran longer ago than the agent's deadline is not
 //!   resumed: the agent has released the system by itself, so the job is
 //!   cleaned up and marked failed, saying so.
-//! - `finishing` or `closing-window`: the clean-up goes on where it stood,
-//!   and the job ends with the outcome recorded before the clean-up began.
+//! - `finishing` or `closing-window`, or any step once a failure was
+//!   recorded: the clean-up goes on where it stood, and the job ends with
+//!   the outcome recorded before the clean-up began.
 //!
 //! A cancelled job stops at the next step boundary, or at once while it
 //! waits for the agent or for the transfer (the agent is told to stop the

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{FileError, TransferStats};
-use crate::{JobId, JobKind, JobStatus, SnapshotId};
+use crate::job::{FileError, TransferStats, Trigger};
+use crate::{BackupType, JobId, JobKind, JobStatus, JobStep, SnapshotId};
 
 /// One event of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -42,6 +42,18 @@ pub enum EventDetail {
         snapshot: Option<SnapshotId>,
         /// Restore only: the folder to restore into.
         target: Option<String>,
+        /// Backup only: full or incremental.
+        #[serde(default)]
+        backup_type: Option<BackupType>,
+        /// Who selected it.
+        #[serde(default)]
+        trigger: Trigger,
+        /// Scheduled jobs: the schedule's instant.
+        #[serde(default)]
+        scheduled_for: Option<DateTime<Utc>>,
+        /// Priority of the system (highest runs first).
+        #[serde(default)]
+        priority: i32,
     },
     /// A firewall opened the guarded port for the system.
     WindowOpened {
@@ -104,6 +116,24 @@ pub enum EventDetail {
         /// Its output (tail).
         output: String,
     },
+    /// The agent ran the post hook by itself because no finish request came
+    /// before its deadline (the scheduler was away); reported when the
+    /// scheduler next reached it.
+    PostHookByAgent {
+        /// Which hook.
+        phase: String,
+        /// Exit status.
+        exit_code: Option<i32>,
+        /// Its output (tail).
+        output: String,
+    },
+    /// A restarted scheduler picked the job up where it stood.
+    Resumed {
+        /// The step the job had reached.
+        step: JobStep,
+    },
+    /// An operator asked to cancel the job; clean-up follows.
+    CancelRequested {},
     /// A firewall closed the window.
     WindowClosed {
         /// Firewall controller.
@@ -145,6 +175,9 @@ impl EventDetail {
             EventDetail::FileFailed { .. } => "file-failed",
             EventDetail::Transferred { .. } => "transferred",
             EventDetail::Finished { .. } => "finished",
+            EventDetail::PostHookByAgent { .. } => "post-hook-by-agent",
+            EventDetail::Resumed { .. } => "resumed",
+            EventDetail::CancelRequested { .. } => "cancel-requested",
             EventDetail::WindowClosed { .. } => "window-closed",
             EventDetail::StepFailed { .. } => "step-failed",
             EventDetail::Ended { .. } => "ended",

@@ -204,4 +204,37 @@ pub struct JobRecord {
     pub file_errors: Vec<FileError>,
     /// Why the job failed.
     pub error: Option<String>,
+    /// Backup only: the type asked for (the transfer treats both alike for
+    /// now: every backup reads all files, deduplication keeps it cheap).
+    #[serde(default)]
+    pub backup_type: Option<crate::BackupType>,
+    /// Who selected the job.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Scheduled jobs: the instant of the schedule they run for.
+    #[serde(default)]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The system's priority when the job was selected (highest runs first).
+    #[serde(default)]
+    pub priority: i32,
+    /// When the pre hook was started; the agent's own deadline counts from here.
+    #[serde(default)]
+    pub prepared_at: Option<DateTime<Utc>>,
+    /// An operator asked to cancel the job; it ends `cancelled` after clean-up.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// How often a restarted scheduler picked the job up again.
+    #[serde(default)]
+    pub resumed: u32,
+}
+
+/// Who selected a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// An operator (`arca backup`, `arca restore`).
+    #[default]
+    Operator,
+    /// A system's schedule.
+    Schedule,
 }

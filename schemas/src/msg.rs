@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{FileError, TransferStats};
-use crate::{ChunkId, HookSpec, JobId, JobRecord, SnapshotId, SystemConfig};
+use crate::{BackupType, ChunkId, HookSpec, JobId, JobRecord, SnapshotId, SystemConfig};
 
 // ---------------------------------------------------------------- scheduler
 
@@ -21,6 +21,80 @@ use crate::{ChunkId, HookSpec, JobId, JobRecord, SnapshotId, SystemConfig};
 pub struct LoadSystems {
     /// The systems, validated by the scheduler before any is stored.
     pub systems: Vec<SystemConfig>,
+    /// Whether the names may, must or must not be registered already.
+    #[serde(default)]
+    pub mode: LoadMode,
+}
+
+/// How [`LoadSystems`] treats names already registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadMode {
+    /// Register new systems and replace known ones.
+    #[default]
+    Upsert,
+    /// Register new systems only; a known name is refused.
+    Add,
+    /// Replace known systems only; an unknown name is refused.
+    Replace,
+}
+
+/// Fetch one system.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetSystem {
+    /// System name.
+    pub name: String,
+}
+
+/// Remove a system from the registry (its snapshots stay).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RemoveSystem {
+    /// System name.
+    pub name: String,
+}
+
+/// Answer to [`RemoveSystem`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SystemRemoved {
+    /// The system removed.
+    pub name: String,
+}
+
+/// Cancel a job: a queued one ends at once, a running one after clean-up
+/// (post hook when the pre hook ran, windows closed).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CancelJob {
+    /// Job id.
+    pub job: JobId,
+}
+
+/// Rebuild the snapshot catalog from every media service's repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RebuildCatalog {
+    /// Media services to ask besides those the registered systems name.
+    #[serde(default)]
+    pub media: Vec<String>,
+}
+
+/// Answer to [`RebuildCatalog`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CatalogRebuilt {
+    /// Media services that answered.
+    pub media: Vec<String>,
+    /// Snapshots in the catalog now.
+    pub snapshots: usize,
+    /// Entries added that the catalog lacked.
+    pub added: usize,
+    /// Entries dropped because no answering media holds them.
+    pub removed: usize,
+    /// Media services that did not answer; their entries were kept.
+    pub unreachable: Vec<String>,
 }
 
 /// Answer to [`LoadSystems`].
@@ -49,6 +123,9 @@ pub struct ListSystemsReply {
 pub struct StartBackup {
     /// System names.
     pub systems: Vec<String>,
+    /// Full or incremental; `None` asks for an incremental backup.
+    #[serde(default)]
+    pub backup_type: Option<BackupType>,
 }
 
 /// Answer to [`StartBackup`] and [`StartRestore`]: the jobs created.
@@ -75,6 +152,9 @@ pub struct StartRestore {
 pub struct ListJobs {
     /// Only this system's jobs.
     pub system: Option<String>,
+    /// Only jobs created at or after this instant.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// Answer to [`ListJobs`].
@@ -295,6 +375,10 @@ pub struct HookReply {
     pub output: String,
     /// Seconds it took.
     pub seconds: f64,
+    /// Post hooks only: the agent ran it by itself at its deadline, because
+    /// no finish request had come.
+    #[serde(default)]
+    pub by_agent_deadline: bool,
 }
 
 /// Back up the system's paths into a media session.
@@ -335,6 +419,24 @@ pub struct StartRestoreTransfer {
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub chunk_key: [u8; 32],
+}
+
+/// Stop a job's transfer (agent). A backup stopped this way commits no
+/// snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CancelTransfer {
+    /// Job id.
+    pub job: JobId,
+}
+
+/// Answer to [`CancelTransfer`]: the transfer's state after the request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TransferCancelled {
+    /// True when the transfer was still running and is now stopped; false
+    /// when it had already ended (its outcome stands) or was unknown.
+    pub stopped: bool,
 }
 
 /// Answer to the start requests: the transfer runs on; poll its status.

@@ -9,6 +9,10 @@ pub const JOBS_BUCKET: &str = "ARCA_JOBS";
 /// Bucket of the snapshot catalog, keyed by snapshot id.
 pub const SNAPSHOTS_BUCKET: &str = "ARCA_SNAPSHOTS";
 
+/// Bucket of schedule state: the last schedule instant handled, keyed by
+/// `<system>.<backup type>`.
+pub const SCHEDULES_BUCKET: &str = "ARCA_SCHEDULES";
+
 /// Default id of the scheduler when a deployment runs one.
 pub const DEFAULT_SCHEDULER: &str = "main";
 /// Default id of the media service.

@@ -110,6 +110,10 @@ verbs!(
         GetJob = "get-job",
         ListSnapshots = "list-snapshots",
         Forget = "forget",
+        GetSystem = "get-system",
+        RemoveSystem = "remove-system",
+        Cancel = "cancel",
+        RebuildCatalog = "rebuild-catalog",
     }
 );
 
@@ -122,6 +126,7 @@ verbs!(
         Backup = "backup",
         Restore = "restore",
         Status = "status",
+        Cancel = "cancel",
     }
 );
 

@@ -26,6 +26,119 @@ pub struct SystemConfig {
     /// Hooks run by the agent around backups and restores.
     #[serde(default)]
     pub hooks: Hooks,
+    /// The agent's NATS identity (its user name or public nkey), recorded
+    /// so that an operator can check who may speak for the system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Patterns of paths not to back up (recorded with the system; the
+    /// agent's reader applies them once it supports exclusions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// When backups run by themselves, one cron expression per backup type.
+    #[serde(default, skip_serializing_if = "Schedules::is_empty")]
+    pub schedules: Schedules,
+    /// How many snapshots to keep.
+    #[serde(default, skip_serializing_if = "Retention::is_empty")]
+    pub retention: Retention,
+    /// Jobs selected together run in priority order, highest first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// Full or incremental: what a scheduled backup is asked to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupType {
+    /// Read every file.
+    Full,
+    /// Read only what changed since the last backup.
+    Incremental,
+}
+
+impl BackupType {
+    /// Kebab-case name, as in config, events and subjects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Incremental => "incremental",
+        }
+    }
+}
+
+/// The schedules of a system: at most one per backup type. When both fall
+/// on the same instant, the full backup runs (it covers the incremental).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Schedules {
+    /// When full backups run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<ScheduleSpec>,
+    /// When incremental backups run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<ScheduleSpec>,
+}
+
+impl Schedules {
+    /// True when no backup runs by itself.
+    pub fn is_empty(&self) -> bool {
+        self.full.is_none() && self.incremental.is_none()
+    }
+
+    /// The configured schedules, full first.
+    pub fn each(&self) -> impl Iterator<Item = (BackupType, &ScheduleSpec)> {
+        [
+            (BackupType::Full, self.full.as_ref()),
+            (BackupType::Incremental, self.incremental.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(t, s)| s.map(|s| (t, s)))
+    }
+}
+
+/// A cron expression read in a time zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Five fields (minute hour day-of-month month day-of-week), e.g.
+    /// `0 1 * * SUN`, or six with seconds first; the scheduler refuses an
+    /// expression it cannot read.
+    pub cron: String,
+    /// IANA time zone the expression is read in, e.g. `Europe/Berlin`.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
+/// How many snapshots of a system to keep; unset keeps all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Retention {
+    /// The newest N snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// The newest snapshot of each of the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    /// The newest snapshot of each of the last N weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// The newest snapshot of each of the last N months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+}
+
+impl Retention {
+    /// True when nothing is set (keep every snapshot).
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
 }
 
 fn default_media() -> String {
@@ -88,6 +201,35 @@ impl SystemConfig {
         for fw in &self.firewalls {
             if !valid_token(fw) {
                 return Err(field(&format!("firewall name {fw:?} is not a valid name")));
+            }
+        }
+        if self.agent.as_ref().is_some_and(|a| a.trim().is_empty()) {
+            return Err(field("agent must not be empty when given"));
+        }
+        for e in &self.exclude {
+            if e.trim().is_empty() {
+                return Err(field("exclude must not hold an empty pattern"));
+            }
+        }
+        for (t, s) in self.schedules.each() {
+            if s.cron.trim().is_empty() {
+                return Err(field(&format!(
+                    "schedules.{}.cron must not be empty",
+                    t.as_str()
+                )));
+            }
+        }
+        let r = &self.retention;
+        for (name, v) in [
+            ("keep-last", r.keep_last),
+            ("keep-daily", r.keep_daily),
+            ("keep-weekly", r.keep_weekly),
+            ("keep-monthly", r.keep_monthly),
+        ] {
+            if v == Some(0) {
+                return Err(field(&format!(
+                    "retention.{name} must be at least 1 (leave it out to keep all)"
+                )));
             }
         }
         if !valid_token(&self.media) {

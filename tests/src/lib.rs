@@ -18,6 +18,9 @@ use futures::StreamExt;
 /// Firewall controller id every stack starts.
 pub const FIREWALL: &str = "local";
 
+/// The scheduler configuration every stack starts with.
+const SCHEDULER_CONFIG: &str = "lease-secs = 30\nagent-timeout-secs = 20\n";
+
 /// A running stack.
 pub struct Stack {
     /// The server.
@@ -57,10 +60,7 @@ impl Stack {
             services: HashMap::new(),
             commands: HashMap::new(),
         };
-        stack.write(
-            "scheduler.toml",
-            "lease-secs = 30\nagent-timeout-secs = 20\n",
-        )?;
+        stack.write("scheduler.toml", SCHEDULER_CONFIG)?;
         stack.write(
             "firewall.toml",
             &format!("id = \"{FIREWALL}\"\nbackend = \"none\"\n"),
@@ -171,6 +171,95 @@ impl Stack {
         Ok(())
     }
 
+    /// Kills the scheduler (if it runs) and starts it again with `extra`
+    /// lines added to its configuration and `env` added to its environment,
+    /// then waits until it answers.
+    pub async fn restart_scheduler(
+        &mut self,
+        extra: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        if let Some(p) = self.services.get_mut("scheduler") {
+            p.kill();
+        }
+        self.write("scheduler.toml", &format!("{SCHEDULER_CONFIG}{extra}\n"))?;
+        let mut all = vec![("NATS_URL", self.nats.url())];
+        all.extend(env.iter().cloned());
+        let p = ServiceProcess::spawn(
+            "arca-scheduler",
+            [
+                "--config",
+                self.dir.path().join("scheduler.toml").to_str().unwrap(),
+            ],
+            &all,
+            self.dir.path(),
+        )?;
+        self.services.insert("scheduler".to_owned(), p);
+        let _: ListSystemsReply = rpc::retry(Duration::from_secs(30), || {
+            rpc::request(
+                &self.client,
+                subject::scheduler("main", SchedulerVerb::ListSystems),
+                &ListSystems {},
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until a job is final, polling its record.
+    pub async fn wait_final(&self, job: JobId, within: Duration) -> anyhow::Result<JobRecord> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(rec) = self.job(job).await
+                && rec.status.is_final()
+            {
+                return Ok(rec);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "job {job} not final within {within:?}: {:#?}",
+                    self.job(job).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Snapshots the media service holds for `system`, read from the
+    /// repository rather than the catalog.
+    pub async fn media_snapshots(&self, system: &str) -> anyhow::Result<Vec<SnapshotInfo>> {
+        let r: ListSnapshotsReply = rpc::request(
+            &self.client,
+            subject::media("main", subject::MediaVerb::Snapshots),
+            &MediaListSnapshots {
+                system: Some(system.to_owned()),
+            },
+        )
+        .await?;
+        Ok(r.snapshots)
+    }
+
+    /// Every job record, newest first.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<JobRecord>> {
+        let r: ListJobsReply = rpc::request(
+            &self.client,
+            subject::scheduler("main", SchedulerVerb::ListJobs),
+            &ListJobs::default(),
+        )
+        .await?;
+        Ok(r.jobs)
+    }
+
+    /// Asks the scheduler to cancel a job.
+    pub async fn cancel(&self, job: JobId) -> Result<JobRecord, rpc::RpcError> {
+        rpc::request(
+            &self.client,
+            subject::scheduler("main", SchedulerVerb::Cancel),
+            &CancelJob { job },
+        )
+        .await
+    }
+
     /// Kills a service (`scheduler`, `firewall`, `media`, `agent-<system>`) with SIGKILL.
     pub fn kill(&mut self, name: &str) {
         self.services.get_mut(name).expect("service exists").kill();
@@ -186,7 +275,10 @@ impl Stack {
         let _: LoadSystemsReply = rpc::request(
             &self.client,
             subject::scheduler("main", SchedulerVerb::LoadSystems),
-            &LoadSystems { systems },
+            &LoadSystems {
+                systems,
+                mode: LoadMode::Upsert,
+            },
         )
         .await?;
         Ok(())
@@ -208,6 +300,7 @@ impl Stack {
             subject::scheduler("main", SchedulerVerb::Backup),
             &StartBackup {
                 systems: systems.iter().map(|s| s.to_string()).collect(),
+                backup_type: None,
             },
         )
         .await?;
@@ -270,6 +363,32 @@ impl Stack {
         Ok(r.snapshots)
     }
 
+    /// Waits until the repository holds a chunk of a running backup (the
+    /// open pack in `tmp/` grows past its 8-byte header, or a pack is sealed).
+    pub async fn wait_first_chunk(&self) {
+        let repo = self.repo_dir();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let open = std::fs::read_dir(repo.join("tmp"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.metadata().map(|m| m.len() > 8).unwrap_or(false))
+                })
+                .unwrap_or(false);
+            let sealed = std::fs::read_dir(repo.join("data"))
+                .map(|d| d.count() > 0)
+                .unwrap_or(false);
+            if open || sealed {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no chunk was ever stored"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Windows the firewall controller has open now.
     pub async fn open_windows(&self) -> anyhow::Result<Vec<WindowInfo>> {
         let r: FirewallStatusReply = rpc::request(
@@ -291,6 +410,11 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         firewalls: vec![FIREWALL.to_owned()],
         media: "main".to_owned(),
         hooks: Default::default(),
+        agent: None,
+        exclude: Vec::new(),
+        schedules: Default::default(),
+        retention: Default::default(),
+        priority: 0,
     }
 }
 

@@ -33,6 +33,7 @@ pub async fn run(hook: &HookSpec, env: &[(String, String)]) -> HookReply {
                 exit_code: None,
                 output: format!("cannot start {:?}: {e}", hook.command[0]),
                 seconds: started.elapsed().as_secs_f64(),
+                by_agent_deadline: false,
             };
         }
     };
@@ -75,6 +76,7 @@ pub async fn run(hook: &HookSpec, env: &[(String, String)]) -> HookReply {
         exit_code,
         output: text,
         seconds: started.elapsed().as_secs_f64(),
+        by_agent_deadline: false,
     }
 }
 
@@ -86,6 +88,7 @@ pub fn none() -> HookReply {
         exit_code: None,
         output: String::new(),
         seconds: 0.0,
+        by_agent_deadline: false,
     }
 }
 

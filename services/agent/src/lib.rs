@@ -8,7 +8,11 @@
 //!
 //! Invariant 2: after a pre hook, the agent arms a deadline of its own; if
 //! no finish request has come by then (the scheduler vanished), it runs the
-//! post hook itself, and a later finish request gets that result.
+//! post hook itself, and a later finish request gets that result, marked
+//! `by-agent-deadline` so that the scheduler reports it.
+//!
+//! A transfer can be cancelled (`cancel`): the task stops where it is, and a
+//! backup stopped this way commits no snapshot.
 
 pub mod backup;
 pub mod hooks;
@@ -114,6 +118,7 @@ struct Agent {
     client: Client,
     hooks: Mutex<HookResults>,
     transfers: Mutex<HashMap<JobId, Arc<Mutex<Progress>>>>,
+    tasks: Mutex<HashMap<JobId, tokio::task::AbortHandle>>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -133,6 +138,7 @@ pub async fn run(
         client: client.clone(),
         hooks: Mutex::new(HashMap::new()),
         transfers: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(HashMap::new()),
         config,
     });
     let mut requests = client
@@ -206,6 +212,7 @@ impl Agent {
                 respond(c, &msg, self.clone().start_restore(&msg.payload)).await
             }
             Some(AgentVerb::Status) => respond(c, &msg, self.status(&msg.payload)).await,
+            Some(AgentVerb::Cancel) => respond(c, &msg, self.cancel(&msg.payload)).await,
             None => {
                 let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
                     "unknown verb in {}",
@@ -232,10 +239,11 @@ impl Agent {
         phase: HookPhase,
         hook: Option<&arca_schemas::HookSpec>,
         env: &[(String, String)],
+        by_agent_deadline: bool,
     ) -> HookReply {
         let cell = self.hook_cell(job, phase);
         cell.get_or_init(|| async {
-            match hook {
+            let mut r = match hook {
                 Some(h) => {
                     tracing::info!(%job, phase = phase.as_str(), command = ?h.command, "running hook");
                     let r = hooks::run(h, env).await;
@@ -243,7 +251,9 @@ impl Agent {
                     r
                 }
                 None => hooks::none(),
-            }
+            };
+            r.by_agent_deadline = by_agent_deadline;
+            r
         })
         .await
         .clone()
@@ -272,13 +282,14 @@ impl Agent {
                     tokio::time::sleep(Duration::from_secs(secs)).await;
                     if me.hook_cell(job, post_phase).get().is_none() {
                         tracing::warn!(%job, "no finish request before the deadline; running the post hook now");
-                        me.run_hook_once(job, post_phase, post.as_ref(), &env).await;
+                        me.run_hook_once(job, post_phase, post.as_ref(), &env, true)
+                            .await;
                     }
                 });
             }
         }
         Ok(self
-            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env)
+            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env, false)
             .await)
     }
 
@@ -291,7 +302,7 @@ impl Agent {
             )));
         }
         Ok(self
-            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env)
+            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env, false)
             .await)
     }
 
@@ -313,7 +324,8 @@ impl Agent {
         };
         tracing::info!(job = %req.job, paths = ?req.paths, "backup transfer started");
         let me = self.clone();
-        tokio::spawn(async move {
+        let job = req.job;
+        let task = tokio::spawn(async move {
             let job = req.job;
             let outcome = backup::run(
                 me.client.clone(),
@@ -328,6 +340,10 @@ impl Agent {
             tracing::info!(%job, snapshot = ?outcome.snapshot, error = ?outcome.error, "backup transfer ended");
             progress.lock().expect("progress lock").outcome = Some(outcome);
         });
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .insert(job, task.abort_handle());
         Ok(TransferAccepted { started: true })
     }
 
@@ -338,7 +354,8 @@ impl Agent {
         };
         tracing::info!(job = %req.job, snapshot = %req.snapshot, target = ?req.target, "restore transfer started");
         let me = self.clone();
-        tokio::spawn(async move {
+        let job = req.job;
+        let task = tokio::spawn(async move {
             let job = req.job;
             let outcome = restore::run(
                 me.client.clone(),
@@ -352,7 +369,45 @@ impl Agent {
             tracing::info!(%job, error = ?outcome.error, files_failed = outcome.file_errors.len(), "restore transfer ended");
             progress.lock().expect("progress lock").outcome = Some(outcome);
         });
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .insert(job, task.abort_handle());
         Ok(TransferAccepted { started: true })
+    }
+
+    /// Stops a running transfer. The progress lock is held while the task is
+    /// aborted, so the outcome is either the transfer's own (it had ended)
+    /// or the cancellation, never both.
+    fn cancel(&self, payload: &[u8]) -> Result<TransferCancelled, ErrorReply> {
+        let req: CancelTransfer = decode_request(payload)?;
+        let Some(progress) = self
+            .transfers
+            .lock()
+            .expect("transfers lock")
+            .get(&req.job)
+            .cloned()
+        else {
+            return Ok(TransferCancelled { stopped: false });
+        };
+        let mut p = progress.lock().expect("progress lock");
+        if p.outcome.is_some() {
+            return Ok(TransferCancelled { stopped: false });
+        }
+        if let Some(task) = self.tasks.lock().expect("tasks lock").remove(&req.job) {
+            task.abort();
+        }
+        tracing::warn!(job = %req.job, "transfer cancelled");
+        p.outcome = Some(TransferOutcome {
+            stats: p.stats.clone(),
+            snapshot: None,
+            file_errors: p.file_errors.clone(),
+            error: Some(ErrorReply::new(
+                arca_schemas::ErrorCode::Conflict,
+                "the transfer was cancelled; no snapshot was committed",
+            )),
+        });
+        Ok(TransferCancelled { stopped: true })
     }
 
     fn status(&self, payload: &[u8]) -> Result<TransferState, ErrorReply> {

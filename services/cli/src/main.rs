@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use arca_runtime::rpc::{self, RpcError};
 use arca_schemas::event::{EventDetail, JobEvent};
+use arca_schemas::job::Trigger;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, FirewallVerb, SchedulerVerb};
 use arca_schemas::system::SystemsFile;
-use arca_schemas::{JobId, JobRecord, JobStatus, SnapshotId};
+use arca_schemas::{BackupType, JobId, JobRecord, JobStatus, SnapshotId};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
@@ -37,18 +38,30 @@ struct Cli {
 enum Command {
     /// Check the connection: server version and JetStream.
     Status,
-    /// Register and list systems.
-    #[command(subcommand)]
-    Systems(SystemsCommand),
-    /// Back up systems now (one after the other); follows the jobs' events.
+    /// The registry of systems: add, list, show, edit, remove.
+    #[command(subcommand, visible_alias = "systems")]
+    System(SystemsCommand),
+    /// Back up systems now (in priority order); follows the jobs' events.
     Backup {
         /// System names.
         #[arg(required = true)]
         systems: Vec<String>,
+        /// A full backup (default: incremental).
+        #[arg(long)]
+        full: bool,
         /// Print the job ids and return at once.
         #[arg(long)]
         detach: bool,
     },
+    /// Cancel a job: a queued one ends at once, a running one after its
+    /// post hook ran and its windows closed.
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+    /// The snapshot catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Restore a snapshot onto its own system.
     Restore {
         /// Snapshot id (see `arca snapshots`).
@@ -65,11 +78,15 @@ enum Command {
         /// Job id.
         job: String,
     },
-    /// List jobs, newest first.
+    /// Job history, newest first, with durations and sizes.
     Jobs {
         /// Only this system's jobs.
         #[arg(long)]
         system: Option<String>,
+        /// Only jobs since then: an RFC 3339 time (2026-03-29T01:00:00Z)
+        /// or a span back from now (90m, 12h, 7d).
+        #[arg(long)]
+        since: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -172,6 +189,16 @@ fn parse_percent(s: &str) -> Result<u8, String> {
 
 #[derive(Subcommand)]
 enum SystemsCommand {
+    /// Register the systems of a TOML file; a name already registered is refused.
+    Add {
+        /// File with `[[system]]` tables.
+        file: PathBuf,
+    },
+    /// Replace registered systems with those of a TOML file (see `show`).
+    Edit {
+        /// File with `[[system]]` tables.
+        file: PathBuf,
+    },
     /// Register or replace the systems of a TOML file.
     Load {
         /// File with `[[system]]` tables.
@@ -179,6 +206,29 @@ enum SystemsCommand {
     },
     /// List registered systems.
     List,
+    /// Print one system as a systems file (edit it, then `arca system edit FILE`).
+    Show {
+        /// System name.
+        name: String,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a system from the registry; its snapshots and history stay.
+    Remove {
+        /// System name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Rebuild the snapshot catalog from the repositories of the media services.
+    Rebuild {
+        /// Media services to ask besides those the systems name.
+        #[arg(long)]
+        media: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,51 +286,129 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Systems(SystemsCommand::Load { file }) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let parsed: SystemsFile =
-                toml::from_str(&text).with_context(|| format!("{} is invalid", file.display()))?;
-            if parsed.systems.is_empty() {
-                bail!("{} defines no [[system]]", file.display());
-            }
-            let r: LoadSystemsReply = call(
-                &client,
-                s,
-                SchedulerVerb::LoadSystems,
-                &LoadSystems {
-                    systems: parsed.systems,
-                },
-            )
-            .await?;
-            for name in r.stored {
-                println!("registered {name}");
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::System(SystemsCommand::Add { file }) => {
+            load_systems(&client, s, &file, LoadMode::Add, "registered").await
         }
-        Command::Systems(SystemsCommand::List) => {
+        Command::System(SystemsCommand::Edit { file }) => {
+            load_systems(&client, s, &file, LoadMode::Replace, "replaced").await
+        }
+        Command::System(SystemsCommand::Load { file }) => {
+            load_systems(&client, s, &file, LoadMode::Upsert, "registered").await
+        }
+        Command::System(SystemsCommand::List) => {
             let r: ListSystemsReply =
                 call(&client, s, SchedulerVerb::ListSystems, &ListSystems {}).await?;
             println!(
-                "{:<20} {:<16} {:<12} {:<16} PATHS",
-                "NAME", "ADDRESS", "MEDIA", "FIREWALLS"
+                "{:<20} {:<16} {:>4} {:<12} {:<16} {:<28} PATHS",
+                "NAME", "ADDRESS", "PRIO", "MEDIA", "FIREWALLS", "SCHEDULES"
             );
             for sys in r.systems {
+                let schedules: Vec<String> = sys
+                    .schedules
+                    .each()
+                    .map(|(t, spec)| format!("{}: {} {}", t.as_str(), spec.cron, spec.time_zone))
+                    .collect();
                 println!(
-                    "{:<20} {:<16} {:<12} {:<16} {}",
+                    "{:<20} {:<16} {:>4} {:<12} {:<16} {:<28} {}",
                     sys.name,
                     sys.address,
+                    sys.priority,
                     sys.media,
                     sys.firewalls.join(","),
+                    if schedules.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        schedules.join("; ")
+                    },
                     sys.paths.join(" ")
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup { systems, detach } => {
-            let r: JobsStarted =
-                call(&client, s, SchedulerVerb::Backup, &StartBackup { systems }).await?;
+        Command::System(SystemsCommand::Show { name, json }) => {
+            let sys: arca_schemas::SystemConfig =
+                call(&client, s, SchedulerVerb::GetSystem, &GetSystem { name }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sys)?);
+            } else {
+                let file = SystemsFile { systems: vec![sys] };
+                print!("{}", toml::to_string(&file)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::System(SystemsCommand::Remove { name }) => {
+            let r: SystemRemoved = call(
+                &client,
+                s,
+                SchedulerVerb::RemoveSystem,
+                &RemoveSystem { name },
+            )
+            .await?;
+            println!("removed {}", r.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup {
+            systems,
+            full,
+            detach,
+        } => {
+            let backup_type = Some(if full {
+                BackupType::Full
+            } else {
+                BackupType::Incremental
+            });
+            let r: JobsStarted = call(
+                &client,
+                s,
+                SchedulerVerb::Backup,
+                &StartBackup {
+                    systems,
+                    backup_type,
+                },
+            )
+            .await?;
             follow_jobs(&client, r.jobs, detach).await
+        }
+        Command::Cancel { job } => {
+            let job = parse_job(&job)?;
+            let r: JobRecord = call(&client, s, SchedulerVerb::Cancel, &CancelJob { job }).await?;
+            if r.status.is_final() {
+                println!("job {} cancelled", r.id);
+            } else {
+                println!(
+                    "job {} is being cancelled; its clean-up runs now (`arca watch {}` follows it)",
+                    r.id, r.id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog(CatalogCommand::Rebuild { media }) => {
+            let r: CatalogRebuilt = call(
+                &client,
+                s,
+                SchedulerVerb::RebuildCatalog,
+                &RebuildCatalog { media },
+            )
+            .await?;
+            println!(
+                "catalog rebuilt from {}: {} snapshots ({} added, {} removed)",
+                if r.media.is_empty() {
+                    "no media".to_owned()
+                } else {
+                    r.media.join(", ")
+                },
+                r.snapshots,
+                r.added,
+                r.removed
+            );
+            if !r.unreachable.is_empty() {
+                println!(
+                    "not answering, their entries kept: {}",
+                    r.unreachable.join(", ")
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Restore {
             snapshot,
@@ -303,32 +431,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let job = parse_job(&job)?;
             follow_jobs(&client, vec![job], false).await
         }
-        Command::Jobs { system, json } => {
-            let r: ListJobsReply =
-                call(&client, s, SchedulerVerb::ListJobs, &ListJobs { system }).await?;
+        Command::Jobs {
+            system,
+            since,
+            json,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let r: ListJobsReply = call(
+                &client,
+                s,
+                SchedulerVerb::ListJobs,
+                &ListJobs { system, since },
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r.jobs)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<36} {:<8} {:<16} {:<10} {:<20} {:>9} {:>12} SNAPSHOT",
-                "JOB", "KIND", "SYSTEM", "STATUS", "CREATED", "SECONDS", "BYTES"
+                "{:<36} {:<20} {:<16} {:<10} {:<20} {:>9} {:>7} {:>10} SNAPSHOT",
+                "JOB", "KIND", "SYSTEM", "STATUS", "CREATED", "DURATION", "FILES", "SIZE"
             );
             for j in r.jobs {
+                let end = j.ended.unwrap_or_else(chrono::Utc::now);
+                let kind = match (j.kind, j.backup_type) {
+                    (arca_schemas::JobKind::Backup, Some(t)) => format!("backup {}", t.as_str()),
+                    (arca_schemas::JobKind::Backup, None) => "backup".to_owned(),
+                    (arca_schemas::JobKind::Restore, _) => "restore".to_owned(),
+                };
+                let kind = match j.trigger {
+                    Trigger::Schedule => format!("{kind} (sched)"),
+                    Trigger::Operator => kind,
+                };
                 println!(
-                    "{:<36} {:<8} {:<16} {:<10} {:<20} {:>9} {:>12} {}",
+                    "{:<36} {:<20} {:<16} {:<10} {:<20} {:>9} {:>7} {:>10} {}",
                     j.id,
-                    format!("{:?}", j.kind).to_lowercase(),
+                    kind,
                     j.system,
                     status_word(j.status),
                     j.created.format("%Y-%m-%d %H:%M:%S"),
-                    j.ended
-                        .map(|e| format!(
-                            "{:.1}",
-                            (e - j.created).num_milliseconds() as f64 / 1000.0
-                        ))
-                        .unwrap_or_else(|| "-".into()),
-                    j.stats.bytes,
+                    duration((end - j.created).num_seconds().max(0) as u64),
+                    j.stats.files,
+                    size(j.stats.bytes),
                     j.snapshot.map(|s| s.0).unwrap_or_else(|| "-".into())
                 );
             }
@@ -535,6 +679,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn load_systems(
+    client: &async_nats::Client,
+    scheduler: &str,
+    file: &std::path::Path,
+    mode: LoadMode,
+    done: &str,
+) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let parsed: SystemsFile =
+        toml::from_str(&text).with_context(|| format!("{} is invalid", file.display()))?;
+    if parsed.systems.is_empty() {
+        bail!("{} defines no [[system]]", file.display());
+    }
+    let r: LoadSystemsReply = call(
+        client,
+        scheduler,
+        SchedulerVerb::LoadSystems,
+        &LoadSystems {
+            systems: parsed.systems,
+            mode,
+        },
+    )
+    .await?;
+    for name in r.stored {
+        println!("{done} {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An RFC 3339 time, or a span back from now (`90m`, `12h`, `7d`).
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let span = humantime::parse_duration(s).with_context(|| {
+        format!("--since {s:?}: give an RFC 3339 time (2026-03-29T01:00:00Z) or a span such as 90m, 12h, 7d")
+    })?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(span)?)
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 fn parse_job(s: &str) -> anyhow::Result<JobId> {
     JobId::parse(s).with_context(|| format!("{s:?} is not a job id (see `arca jobs`)"))
 }
@@ -589,10 +797,22 @@ async fn follow_jobs(
 fn print_event(e: &JobEvent) {
     let t = e.time.format("%H:%M:%S");
     let line = match &e.detail {
-        EventDetail::Selected { .. } => format!(
-            "selected {} of {}",
+        EventDetail::Selected {
+            backup_type,
+            trigger,
+            ..
+        } => format!(
+            "selected {}{} of {}{}",
+            backup_type
+                .map(|t| format!("{} ", t.as_str()))
+                .unwrap_or_default(),
             format!("{:?}", e.job_kind).to_lowercase(),
-            e.system
+            e.system,
+            if *trigger == Trigger::Schedule {
+                " (scheduled)"
+            } else {
+                ""
+            }
         ),
         EventDetail::WindowOpened {
             firewall,
@@ -647,6 +867,18 @@ fn print_event(e: &JobEvent) {
             output,
         } => hook_line(phase, *ran, *exit_code, output),
         EventDetail::WindowClosed { firewall } => format!("window closed on {firewall}"),
+        EventDetail::PostHookByAgent {
+            phase, exit_code, ..
+        } => format!(
+            "{phase} hook was run by the agent at its deadline (exit {}), the scheduler being away",
+            exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "abnormal".into())
+        ),
+        EventDetail::Resumed { step } => {
+            format!("picked up again by a restarted scheduler at step {step:?}")
+        }
+        EventDetail::CancelRequested {} => "cancel requested; cleaning up".to_owned(),
         EventDetail::StepFailed { step, error } => format!("step {step} failed: {error}"),
         EventDetail::Ended {
             status,

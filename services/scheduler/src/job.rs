@@ -3,6 +3,29 @@
 //! on and published as an event when done. Whatever happens in between,
 //! the clean-up runs: the post hook whenever the pre hook was started, and
 //! every window this job opened is closed.
+//!
+//! Every request carries the job id, and every responder treats a repeated
+//! (job, step) as the same request: opening a window again renews it, the
+//! agent answers a repeated hook request with the first result and a
+//! repeated transfer start with "already known", media returns the same
+//! session. That is what makes a job resumable after the scheduler was
+//! killed at any step:
+//!
+//! - before the post hook (steps up to `transferring`): the steps run again
+//!   from the window on, each repeated request landing on the state the
+//!   first one left; a backup whose snapshot media already committed for
+//!   this job takes that snapshot instead of starting a transfer again. A
+//!   job whose pre hook ran longer ago than the agent's deadline is not
+//!   resumed: the agent has released the system by itself, so the job is
+//!   cleaned up and marked failed, saying so.
+//! - `finishing` or `closing-window`, or any step once a failure was
+//!   recorded: the clean-up goes on where it stood, and the job ends with
+//!   the outcome recorded before the clean-up began.
+//!
+//! A cancelled job stops at the next step boundary, or at once while it
+//! waits for the agent or for the transfer (the agent is told to stop the
+//! transfer; a backup stopped this way commits no snapshot), then cleans up
+//! as after a failure and ends `cancelled`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +35,15 @@ use arca_schemas::event::EventDetail;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb, FirewallVerb, MediaVerb};
 use arca_schemas::{JobKind, JobRecord, JobStatus, JobStep, SystemConfig};
+use tokio::sync::watch;
 
 use crate::Scheduler;
 
-/// A step failed: which, and why.
+/// A step failed (or was cancelled): which, and why.
 struct StepError {
     step: &'static str,
     error: String,
+    cancelled: bool,
 }
 
 impl StepError {
@@ -26,6 +51,15 @@ impl StepError {
         StepError {
             step,
             error: error.to_string(),
+            cancelled: false,
+        }
+    }
+
+    fn cancelled(step: &'static str) -> Self {
+        StepError {
+            step,
+            error: "cancelled by an operator".to_owned(),
+            cancelled: true,
         }
     }
 }
@@ -33,64 +67,148 @@ impl StepError {
 struct Driver {
     sched: Arc<Scheduler>,
     rec: JobRecord,
-    started: Instant,
+    cancel: watch::Receiver<bool>,
+    cancel_noted: bool,
+}
+
+/// Resolves once a cancel is signalled (never when the sender is gone).
+async fn cancelled(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Drives a queued job to its end.
-pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord) {
+pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord, cancel: watch::Receiver<bool>) {
     let mut d = Driver {
         sched,
         rec,
-        started: Instant::now(),
+        cancel,
+        cancel_noted: false,
     };
     d.rec.status = JobStatus::Running;
-    d.save().await;
+    d.enter(JobStep::Selected).await;
     let system = match d.sched.system(&d.rec.system).await {
         Ok(s) => s,
         Err(e) => {
-            d.end(Some(StepError::new("selected", e.message))).await;
+            d.rec.error = Some(format!("selected: {}", e.message));
+            d.end(None).await;
             return;
         }
     };
-    let renewer = tokio::spawn(renew_leases(d.sched.clone(), d.rec.clone(), system.clone()));
-    let result = d.steps(&system, &renewer).await;
-    let err = result.err();
-    if let Some(e) = &err {
-        d.event(EventDetail::StepFailed {
-            step: e.step.to_owned(),
-            error: e.error.clone(),
-        })
-        .await;
-    }
-    let cleanup = d.cleanup(&system).await;
-    renewer.abort();
-    d.end(err.or(cleanup)).await;
+    d.run(&system).await;
 }
 
-/// Cleans up after a job found running when the scheduler started: it
-/// cannot be resumed safely, so the post hook runs, windows close, and the
-/// job is marked failed.
-pub(crate) async fn abandon(sched: Arc<Scheduler>, rec: JobRecord) {
+/// Picks up a job that was running when the scheduler stopped: resumes it
+/// where that is safe, otherwise cleans it up and ends it (see the module
+/// documentation).
+pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
+    let cancel = {
+        let _guard = sched.dispatch.lock().await;
+        sched.watch_cancel(rec.id)
+    };
+    let id = rec.id;
     let mut d = Driver {
-        sched,
+        sched: sched.clone(),
         rec,
-        started: Instant::now(),
+        cancel,
+        cancel_noted: false,
     };
-    let cleanup = match d.sched.system(&d.rec.system).await {
-        Ok(system) => d.cleanup(&system).await,
-        Err(e) => Some(StepError::new("recover", e.message)),
+    d.cancel_noted = d.rec.cancel_requested;
+    d.rec.resumed += 1;
+    d.save().await;
+    tracing::warn!(job = %d.rec.id, step = ?d.rec.step, "picking up a job interrupted by a stop");
+    d.event(EventDetail::Resumed { step: d.rec.step }).await;
+    let system = match d.sched.system(&d.rec.system).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Without the system's record the hooks are unknown; windows
+            // still close (their leases end them anyway).
+            d.rec.error.get_or_insert(format!(
+                "recover: the system is no longer registered ({}); the post hook could not be asked for",
+                e.message
+            ));
+            d.rec.prepared = false;
+            let mut system = crate::registry::placeholder(&d.rec.system);
+            system.firewalls = d.rec.open_windows.clone();
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+            sched.cancels.lock().expect("cancels lock").remove(&id);
+            return;
+        }
     };
-    let reason = StepError::new(
-        "recover",
-        format!(
-            "the scheduler stopped during step {:?}; the job was cleaned up and must be run again",
-            d.rec.step
-        ),
-    );
-    d.end(Some(cleanup.unwrap_or(reason))).await;
+    let deadline_passed = d.rec.prepared_at.is_some_and(|t| {
+        chrono::Utc::now() - t
+            >= chrono::Duration::seconds(d.sched.config.hook_deadline_secs as i64)
+    });
+    match d.rec.step {
+        // The clean-up had begun, or a step had failed and its error was
+        // recorded: finish the clean-up and end with that outcome.
+        JobStep::Finishing | JobStep::ClosingWindow | JobStep::Done => {
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+        }
+        _ if d.rec.error.is_some() => {
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+        }
+        _ if d.rec.cancel_requested => {
+            d.rec.error.get_or_insert_with(|| {
+                "cancelled by an operator (before the scheduler stopped)".to_owned()
+            });
+            d.save().await;
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+        }
+        _ if d.rec.prepared && deadline_passed => {
+            let error = format!(
+                "recover: the scheduler was away during step {:?} for longer than the agent's deadline \
+                 ({}s after the pre hook), so the agent released the system by itself; run the job again",
+                d.rec.step, d.sched.config.hook_deadline_secs
+            );
+            d.rec.error.get_or_insert(error);
+            d.save().await;
+            let cleanup = d.cleanup(&system).await;
+            d.end(cleanup).await;
+        }
+        _ => d.run(&system).await,
+    }
+    sched.cancels.lock().expect("cancels lock").remove(&id);
 }
 
 impl Driver {
+    /// Runs the steps, then the clean-up, then ends the job.
+    async fn run(&mut self, system: &SystemConfig) {
+        let renewer = tokio::spawn(renew_leases(
+            self.sched.clone(),
+            self.rec.clone(),
+            system.clone(),
+        ));
+        if let Err(e) = self.steps(system).await {
+            if e.cancelled {
+                self.note_cancel().await;
+            } else {
+                self.event(EventDetail::StepFailed {
+                    step: e.step.to_owned(),
+                    error: e.error.clone(),
+                })
+                .await;
+            }
+            // The outcome is persisted before the clean-up, so that a
+            // scheduler restarted during the clean-up ends the job with it.
+            self.rec.error = Some(format!("{}: {}", e.step, e.error));
+            self.save().await;
+        }
+        let cleanup = self.cleanup(system).await;
+        renewer.abort();
+        self.end(cleanup).await;
+    }
+
     async fn save(&mut self) {
         self.rec.updated = chrono::Utc::now();
         if let Err(e) = self.sched.put_job(&self.rec).await {
@@ -102,6 +220,10 @@ impl Driver {
     async fn enter(&mut self, step: JobStep) {
         self.rec.step = step;
         self.save().await;
+        if self.sched.halt_after == Some(step) {
+            tracing::warn!(job = %self.rec.id, ?step, "test hook: halting after persisting this step");
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn event(&self, detail: EventDetail) {
@@ -113,6 +235,27 @@ impl Driver {
             detail,
         )
         .await;
+    }
+
+    /// Records (once) that an operator asked to cancel.
+    async fn note_cancel(&mut self) {
+        if self.cancel_noted {
+            return;
+        }
+        self.cancel_noted = true;
+        self.rec.cancel_requested = true;
+        self.save().await;
+        tracing::info!(job = %self.rec.id, step = ?self.rec.step, "cancelling job");
+        self.event(EventDetail::CancelRequested {}).await;
+    }
+
+    /// Fails the step with a cancellation if one was asked for.
+    async fn check_cancel(&mut self, step: &'static str) -> Result<(), StepError> {
+        if *self.cancel.borrow() {
+            self.note_cancel().await;
+            return Err(StepError::cancelled(step));
+        }
+        Ok(())
     }
 
     fn env(&self, system: &SystemConfig) -> Vec<(String, String)> {
@@ -129,6 +272,9 @@ impl Driver {
             ("ARCA_SYSTEM".to_owned(), system.name.clone()),
             ("ARCA_PATHS".to_owned(), system.paths.join(":")),
         ];
+        if let Some(t) = self.rec.backup_type {
+            env.push(("ARCA_BACKUP_TYPE".to_owned(), t.as_str().to_owned()));
+        }
         if let Some(s) = &self.rec.snapshot {
             env.push(("ARCA_SNAPSHOT".to_owned(), s.to_string()));
         }
@@ -159,28 +305,27 @@ impl Driver {
         }
     }
 
-    async fn steps(
-        &mut self,
-        system: &SystemConfig,
-        _renewer: &tokio::task::JoinHandle<()>,
-    ) -> Result<(), StepError> {
+    async fn steps(&mut self, system: &SystemConfig) -> Result<(), StepError> {
         let cfg = self.sched.config.clone();
         let client = self.sched.client.clone();
+        let retry = Duration::from_secs(cfg.retry_secs);
 
         // Window opened: every firewall on the path, in order.
         self.enter(JobStep::OpeningWindow).await;
         for fw in &system.firewalls {
             // Recorded before asking, so that clean-up closes it even if
             // the scheduler dies between the request and its answer.
-            self.rec.open_windows.push(fw.clone());
-            self.save().await;
+            if !self.rec.open_windows.contains(fw) {
+                self.rec.open_windows.push(fw.clone());
+                self.save().await;
+            }
             let req = OpenWindow {
                 job: self.rec.id,
                 system: system.name.clone(),
                 address: system.address.clone(),
                 lease_secs: cfg.lease_secs,
             };
-            let r: WindowReply = rpc::retry(Duration::from_secs(10), || {
+            let r: WindowReply = rpc::retry(retry, || {
                 rpc::request(&client, subject::firewall(fw, FirewallVerb::Open), &req)
             })
             .await
@@ -195,32 +340,47 @@ impl Driver {
             })
             .await;
         }
+        self.check_cancel("window-opened").await?;
 
-        // Agent present.
+        // Agent present: retried with back-off, since an agent behind a
+        // window that just opened needs a moment to reconnect.
         self.enter(JobStep::WaitingForAgent).await;
-        let pong: Pong = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
-            rpc::request_with_timeout(&client, subject::agent(&system.name, AgentVerb::Ping), &Ping {}, Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| {
-            StepError::new(
-                "agent-present",
-                format!(
-                    "the agent of {} did not answer within {}s ({e}); is arca-agent running there with system = {:?}?",
-                    system.name, cfg.agent_timeout_secs, system.name
-                ),
+        let ping = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
+            rpc::request_with_timeout(
+                &client,
+                subject::agent(&system.name, AgentVerb::Ping),
+                &Ping {},
+                Duration::from_secs(5),
             )
-        })?;
+        });
+        let pong: Pong = tokio::select! {
+            r = ping => r.map_err(|e| {
+                StepError::new(
+                    "agent-present",
+                    format!(
+                        "the agent of {} did not answer within {}s ({e}); is arca-agent running there with system = {:?}?",
+                        system.name, cfg.agent_timeout_secs, system.name
+                    ),
+                )
+            })?,
+            _ = cancelled(self.cancel.clone()) => {
+                self.note_cancel().await;
+                return Err(StepError::cancelled("agent-present"));
+            }
+        };
         self.event(EventDetail::AgentPresent {
             version: pong.version,
         })
         .await;
+        self.check_cancel("agent-present").await?;
 
         // Prepared: persisted before the hook starts, so the post hook
-        // runs even if we die while it runs.
+        // runs even if we die while it runs. The request is not
+        // interrupted by a cancel: the post hook must not overtake it.
         let (pre_phase, _) = self.phases();
         let (pre, post) = self.hooks(system);
         self.rec.prepared = true;
+        self.rec.prepared_at.get_or_insert_with(chrono::Utc::now);
         self.enter(JobStep::Preparing).await;
         let req = RunHook {
             job: self.rec.id,
@@ -231,12 +391,14 @@ impl Driver {
             post_hook: post,
         };
         let timeout = Duration::from_secs(pre.as_ref().map_or(0, |h| h.timeout_secs) + 30);
-        let r: HookReply = rpc::request_with_timeout(
-            &client,
-            subject::agent(&system.name, AgentVerb::Prepare),
-            &req,
-            timeout,
-        )
+        let r: HookReply = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
+            rpc::request_with_timeout(
+                &client,
+                subject::agent(&system.name, AgentVerb::Prepare),
+                &req,
+                timeout,
+            )
+        })
         .await
         .map_err(|e| StepError::new("prepared", format!("pre hook request failed: {e}")))?;
         self.event(EventDetail::Prepared {
@@ -257,90 +419,30 @@ impl Driver {
                 ),
             ));
         }
+        self.check_cancel("prepared").await?;
 
         // Transferred.
         self.enter(JobStep::Transferring).await;
         let transfer_started = Instant::now();
-        let key_req = GetChunkKey {
-            system: system.name.clone(),
+        // A resumed backup whose snapshot media already committed takes it
+        // rather than starting again: never two snapshots for one job.
+        let committed = if self.rec.kind == JobKind::Backup && self.rec.resumed > 0 {
+            self.committed_snapshot(system).await
+        } else {
+            None
         };
-        let chunk_key: ChunkKey = rpc::retry(Duration::from_secs(30), || {
-            rpc::request(
-                &client,
-                subject::media(&system.media, MediaVerb::ChunkKey),
-                &key_req,
-            )
-        })
-        .await
-        .map_err(|e| {
-            StepError::new(
-                "transferred",
-                format!("media {} did not answer: {e}", system.media),
-            )
-        })?;
-        match self.rec.kind {
-            JobKind::Backup => {
-                let open = OpenSession {
-                    job: self.rec.id,
-                    system: system.name.clone(),
-                    paths: system.paths.clone(),
-                };
-                let session: SessionOpened = rpc::retry(Duration::from_secs(30), || {
-                    rpc::request(
-                        &client,
-                        subject::media(&system.media, MediaVerb::Session),
-                        &open,
-                    )
-                })
-                .await
-                .map_err(|e| {
-                    StepError::new(
-                        "transferred",
-                        format!("media {} did not open a session: {e}", system.media),
-                    )
-                })?;
-                let start = StartBackupTransfer {
-                    job: self.rec.id,
-                    media: system.media.clone(),
-                    session: session.session,
-                    paths: system.paths.clone(),
-                    parent: self.parent_snapshot(system).await,
-                    chunk_key: chunk_key.key,
-                };
-                let _: TransferAccepted = rpc::retry(Duration::from_secs(30), || {
-                    rpc::request(
-                        &client,
-                        subject::agent(&system.name, AgentVerb::Backup),
-                        &start,
-                    )
-                })
-                .await
-                .map_err(|e| StepError::new("transferred", e))?;
+        let outcome = match committed {
+            Some(info) => TransferOutcome {
+                stats: info.stats,
+                snapshot: Some(info.id),
+                file_errors: info.file_errors,
+                error: None,
+            },
+            None => {
+                self.start_transfer(system).await?;
+                self.poll_transfer(system).await?
             }
-            JobKind::Restore => {
-                let start = StartRestoreTransfer {
-                    job: self.rec.id,
-                    media: system.media.clone(),
-                    snapshot: self
-                        .rec
-                        .snapshot
-                        .clone()
-                        .expect("restore jobs name a snapshot"),
-                    target: self.rec.target.clone(),
-                    chunk_key: chunk_key.key,
-                };
-                let _: TransferAccepted = rpc::retry(Duration::from_secs(30), || {
-                    rpc::request(
-                        &client,
-                        subject::agent(&system.name, AgentVerb::Restore),
-                        &start,
-                    )
-                })
-                .await
-                .map_err(|e| StepError::new("transferred", e))?;
-            }
-        }
-        let outcome = self.poll_transfer(system).await?;
+        };
         self.rec.stats = outcome.stats.clone();
         self.rec.file_errors = outcome.file_errors.clone();
         for f in &outcome.file_errors {
@@ -358,7 +460,7 @@ impl Driver {
             let get = GetSnapshot {
                 snapshot: id.clone(),
             };
-            let reply: SnapshotReply = rpc::retry(Duration::from_secs(30), || {
+            let reply: SnapshotReply = rpc::retry(retry, || {
                 rpc::request(
                     &client,
                     subject::media(&system.media, MediaVerb::Snapshot),
@@ -400,29 +502,172 @@ impl Driver {
             .map(|s| s.id)
     }
 
-    /// Polls the agent until the transfer ends, publishing progress.
-    async fn poll_transfer(&self, system: &SystemConfig) -> Result<TransferOutcome, StepError> {
+    /// The snapshot media committed for this job, if any.
+    async fn committed_snapshot(&self, system: &SystemConfig) -> Option<SnapshotInfo> {
+        let req = MediaListSnapshots {
+            system: Some(system.name.clone()),
+        };
+        let r: Result<ListSnapshotsReply, RpcError> =
+            rpc::retry(Duration::from_secs(self.sched.config.retry_secs), || {
+                rpc::request(
+                    &self.sched.client,
+                    subject::media(&system.media, MediaVerb::Snapshots),
+                    &req,
+                )
+            })
+            .await;
+        match r {
+            Ok(r) => r.snapshots.into_iter().find(|s| s.job == self.rec.id),
+            Err(e) => {
+                tracing::warn!(job = %self.rec.id, error = %e, "cannot ask media for this job's snapshot");
+                None
+            }
+        }
+    }
+
+    /// Asks media for a session (backup) and the agent to start moving data.
+    async fn start_transfer(&self, system: &SystemConfig) -> Result<(), StepError> {
         let client = &self.sched.client;
+        let retry = Duration::from_secs(self.sched.config.retry_secs);
+        let key_req = GetChunkKey {
+            system: system.name.clone(),
+        };
+        let chunk_key: ChunkKey = rpc::retry(retry, || {
+            rpc::request(
+                client,
+                subject::media(&system.media, MediaVerb::ChunkKey),
+                &key_req,
+            )
+        })
+        .await
+        .map_err(|e| {
+            StepError::new(
+                "transferred",
+                format!("media {} did not answer: {e}", system.media),
+            )
+        })?;
+        match self.rec.kind {
+            JobKind::Backup => {
+                let open = OpenSession {
+                    job: self.rec.id,
+                    system: system.name.clone(),
+                    paths: system.paths.clone(),
+                };
+                let session: SessionOpened = rpc::retry(retry, || {
+                    rpc::request(
+                        client,
+                        subject::media(&system.media, MediaVerb::Session),
+                        &open,
+                    )
+                })
+                .await
+                .map_err(|e| {
+                    StepError::new(
+                        "transferred",
+                        format!("media {} did not open a session: {e}", system.media),
+                    )
+                })?;
+                let start = StartBackupTransfer {
+                    job: self.rec.id,
+                    media: system.media.clone(),
+                    session: session.session,
+                    paths: system.paths.clone(),
+                    // A full backup reads every file; an incremental one
+                    // takes unchanged files from the previous snapshot.
+                    parent: match self.rec.backup_type {
+                        Some(arca_schemas::BackupType::Full) => None,
+                        _ => self.parent_snapshot(system).await,
+                    },
+                    chunk_key: chunk_key.key,
+                };
+                let _: TransferAccepted = rpc::retry(retry, || {
+                    rpc::request(
+                        client,
+                        subject::agent(&system.name, AgentVerb::Backup),
+                        &start,
+                    )
+                })
+                .await
+                .map_err(|e| StepError::new("transferred", e))?;
+            }
+            JobKind::Restore => {
+                let start = StartRestoreTransfer {
+                    job: self.rec.id,
+                    media: system.media.clone(),
+                    snapshot: self
+                        .rec
+                        .snapshot
+                        .clone()
+                        .expect("restore jobs name a snapshot"),
+                    target: self.rec.target.clone(),
+                    chunk_key: chunk_key.key,
+                };
+                let _: TransferAccepted = rpc::retry(retry, || {
+                    rpc::request(
+                        client,
+                        subject::agent(&system.name, AgentVerb::Restore),
+                        &start,
+                    )
+                })
+                .await
+                .map_err(|e| StepError::new("transferred", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the agent until the transfer ends, publishing progress. A
+    /// cancel asks the agent to stop the transfer, then waits for its end.
+    async fn poll_transfer(&mut self, system: &SystemConfig) -> Result<TransferOutcome, StepError> {
+        let client = self.sched.client.clone();
         let stall = Duration::from_secs(self.sched.config.stall_timeout_secs);
         let started = Instant::now();
         let mut last_ok = Instant::now();
-        let mut last_event = Instant::now();
+        // The first progress event goes out at the first answer, then one
+        // every two seconds.
+        let mut last_event: Option<Instant> = None;
+        let mut stopping = false;
         let req = GetTransferStatus { job: self.rec.id };
         loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = cancelled(self.cancel.clone()), if !stopping => {
+                    stopping = true;
+                    self.note_cancel().await;
+                    let cancel = CancelTransfer { job: self.rec.id };
+                    let r: Result<TransferCancelled, RpcError> = rpc::retry(Duration::from_secs(10), || {
+                        rpc::request(&client, subject::agent(&system.name, AgentVerb::Cancel), &cancel)
+                    })
+                    .await;
+                    match r {
+                        Ok(r) => tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer cancel answered"),
+                        Err(e) => {
+                            tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm the cancel");
+                            return Err(StepError::cancelled("transferred"));
+                        }
+                    }
+                }
+            }
             let r: Result<TransferState, RpcError> = rpc::request_with_timeout(
-                client,
+                &client,
                 subject::agent(&system.name, AgentVerb::Status),
                 &req,
                 Duration::from_secs(5),
             )
             .await;
             match r {
-                Ok(TransferState::Done(outcome)) => return Ok(outcome),
+                Ok(TransferState::Done(outcome)) => {
+                    if stopping && outcome.snapshot.is_none() {
+                        return Err(StepError::cancelled("transferred"));
+                    }
+                    // A cancel that came after the commit leaves the job to
+                    // end normally: the snapshot is good.
+                    return Ok(outcome);
+                }
                 Ok(TransferState::Running { stats, current }) => {
                     last_ok = Instant::now();
-                    if last_event.elapsed() >= Duration::from_secs(2) {
-                        last_event = Instant::now();
+                    if last_event.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+                        last_event = Some(Instant::now());
                         let secs = started.elapsed().as_secs_f64().max(0.001);
                         self.event(EventDetail::Progress {
                             bytes_per_sec: stats.bytes as f64 / secs,
@@ -433,6 +678,19 @@ impl Driver {
                     }
                 }
                 Ok(TransferState::Unknown) => {
+                    if self.rec.kind == JobKind::Backup
+                        && let Some(info) = self.committed_snapshot(system).await
+                    {
+                        return Ok(TransferOutcome {
+                            stats: info.stats,
+                            snapshot: Some(info.id),
+                            file_errors: info.file_errors,
+                            error: None,
+                        });
+                    }
+                    if stopping {
+                        return Err(StepError::cancelled("transferred"));
+                    }
                     return Err(StepError::new(
                         "transferred",
                         "the agent no longer knows this transfer (it restarted); run the job again",
@@ -483,6 +741,14 @@ impl Driver {
                 .await;
             match r {
                 Ok(r) => {
+                    if r.by_agent_deadline {
+                        self.event(EventDetail::PostHookByAgent {
+                            phase: post_phase.as_str().to_owned(),
+                            exit_code: r.exit_code,
+                            output: r.output.clone(),
+                        })
+                        .await;
+                    }
                     self.event(EventDetail::Finished {
                         phase: post_phase.as_str().to_owned(),
                         ran: r.ran,
@@ -524,10 +790,11 @@ impl Driver {
         // Closed in reverse order of opening.
         while let Some(fw) = self.rec.open_windows.last().cloned() {
             let close = CloseWindow { job: self.rec.id };
-            let r: Result<CloseWindowReply, RpcError> = rpc::retry(Duration::from_secs(30), || {
-                rpc::request(&client, subject::firewall(&fw, FirewallVerb::Close), &close)
-            })
-            .await;
+            let r: Result<CloseWindowReply, RpcError> =
+                rpc::retry(Duration::from_secs(cfg.retry_secs), || {
+                    rpc::request(&client, subject::firewall(&fw, FirewallVerb::Close), &close)
+                })
+                .await;
             match r {
                 Ok(_) => {
                     self.event(EventDetail::WindowClosed {
@@ -554,20 +821,28 @@ impl Driver {
         failure
     }
 
-    async fn end(&mut self, err: Option<StepError>) {
-        self.rec.status = match (&err, self.rec.file_errors.is_empty()) {
+    /// Marks the job final. The error recorded before the clean-up (a
+    /// failed step or a cancel) wins over one of the clean-up.
+    async fn end(&mut self, cleanup: Option<StepError>) {
+        if self.rec.error.is_none() {
+            self.rec.error = cleanup.map(|e| format!("{}: {}", e.step, e.error));
+        }
+        self.rec.status = match (&self.rec.error, self.rec.file_errors.is_empty()) {
+            (Some(_), _) if self.rec.cancel_requested => JobStatus::Cancelled,
             (Some(_), _) => JobStatus::Failed,
             (None, false) => JobStatus::Partial,
             (None, true) => JobStatus::Succeeded,
         };
-        if self.rec.status == JobStatus::Failed && self.rec.kind == JobKind::Backup {
+        if matches!(self.rec.status, JobStatus::Failed | JobStatus::Cancelled)
+            && self.rec.kind == JobKind::Backup
+        {
             // A failed backup names no snapshot, even if one was committed
-            // after the failure of a later step.
-            self.rec.snapshot = self.rec.snapshot.take().filter(|_| false);
+            // before a later step failed.
+            self.rec.snapshot = None;
         }
-        self.rec.error = err.map(|e| format!("{}: {}", e.step, e.error));
         self.rec.step = JobStep::Done;
-        self.rec.ended = Some(chrono::Utc::now());
+        let now = chrono::Utc::now();
+        self.rec.ended = Some(now);
         self.save().await;
         tracing::info!(job = %self.rec.id, system = %self.rec.system, status = ?self.rec.status, error = ?self.rec.error, "job ended");
         self.event(EventDetail::Ended {
@@ -576,7 +851,7 @@ impl Driver {
             stats: self.rec.stats.clone(),
             file_errors: self.rec.file_errors.clone(),
             error: self.rec.error.clone(),
-            seconds: self.started.elapsed().as_secs_f64(),
+            seconds: (now - self.rec.created).num_milliseconds() as f64 / 1000.0,
         })
         .await;
     }

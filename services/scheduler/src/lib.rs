@@ -4,22 +4,34 @@
 //! persisted in the job record before it is acted on and published as a
 //! job event.
 
+mod catalog;
 mod job;
+mod queue;
+mod registry;
+pub mod schedule;
 mod store;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use arca_runtime::jetstream::State;
+use arca_runtime::jetstream::{EventsRetention, State};
 use arca_runtime::rpc::{decode_request, respond, verb};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::event::EventDetail;
+use arca_schemas::job::Trigger;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, SchedulerVerb};
-use arca_schemas::{JobId, JobKind, JobRecord, JobStatus, JobStep};
+use arca_schemas::{BackupType, ErrorCode, JobId, JobKind, JobRecord, JobStatus, JobStep};
 use async_nats::{Client, Message};
 use futures::StreamExt;
 use serde::Deserialize;
+
+/// Environment variable honoured only by tests: the name of a job step
+/// (`opening-window`, `transferring`, ...) after whose persisting the
+/// scheduler stops acting on jobs, so that a test can kill it there.
+pub const HALT_AFTER_ENV: &str = "ARCA_SCHEDULER_TEST_HALT_AFTER";
 
 /// Configuration of the scheduler.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +53,33 @@ pub struct Config {
     /// Seconds a transfer may go without any sign of life.
     #[serde(default = "default_stall")]
     pub stall_timeout_secs: u64,
+    /// Seconds to keep retrying a firewall or media request that fails in a
+    /// way a retry can help (not connected yet, busy).
+    #[serde(default = "default_retry_window")]
+    pub retry_secs: u64,
+    /// Jobs driven at the same time; more wait in the queue.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    /// Firewall controllers systems may name. A name not listed is still
+    /// accepted when a controller of that name answers a status request.
+    #[serde(default)]
+    pub firewalls: Vec<String>,
+    /// A scheduled instant missed while the scheduler was down still runs
+    /// (once) when the scheduler is back within this many seconds.
+    #[serde(default = "default_grace")]
+    pub missed_run_grace_secs: u64,
+    /// Seconds between two looks at the schedules.
+    #[serde(default = "default_tick")]
+    pub schedule_tick_secs: u64,
+    /// Days job events are kept in the events stream.
+    #[serde(default = "default_events_days")]
+    pub events_max_age_days: u64,
+    /// Most bytes of job events kept (-1: no limit); the oldest go first.
+    #[serde(default = "default_events_bytes")]
+    pub events_max_bytes: i64,
+    /// Most job events kept (-1: no limit); the oldest go first.
+    #[serde(default = "default_events_msgs")]
+    pub events_max_msgs: i64,
 }
 
 fn default_id() -> String {
@@ -58,6 +97,27 @@ fn default_hook_deadline() -> u64 {
 fn default_stall() -> u64 {
     300
 }
+fn default_retry_window() -> u64 {
+    30
+}
+fn default_max_parallel() -> usize {
+    1
+}
+fn default_grace() -> u64 {
+    3600
+}
+fn default_tick() -> u64 {
+    20
+}
+fn default_events_days() -> u64 {
+    90
+}
+fn default_events_bytes() -> i64 {
+    1 << 30
+}
+fn default_events_msgs() -> i64 {
+    -1
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -65,11 +125,55 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            subject::valid_token(&self.id),
+            "scheduler id {:?} is not a valid name (letters, digits, '-', '_')",
+            self.id
+        );
+        anyhow::ensure!(self.max_parallel >= 1, "max-parallel must be at least 1");
+        anyhow::ensure!(self.lease_secs >= 3, "lease-secs must be at least 3");
+        anyhow::ensure!(
+            self.schedule_tick_secs >= 1,
+            "schedule-tick-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.events_max_age_days >= 1,
+            "events-max-age-days must be at least 1"
+        );
+        for fw in &self.firewalls {
+            anyhow::ensure!(
+                subject::valid_token(fw),
+                "firewalls: {fw:?} is not a valid name"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a new job is, apart from its system.
+struct NewJob {
+    kind: JobKind,
+    snapshot: Option<arca_schemas::SnapshotId>,
+    target: Option<String>,
+    backup_type: Option<BackupType>,
+    trigger: Trigger,
+    scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub(crate) struct Scheduler {
     config: Config,
     client: Client,
     state: State,
-    queue: tokio::sync::mpsc::UnboundedSender<JobId>,
+    queue: queue::Queue,
+    /// Cancel signals of the jobs being driven.
+    cancels: Mutex<HashMap<JobId, tokio::sync::watch::Sender<bool>>>,
+    /// Taken while a job moves from queued to running, and while a cancel
+    /// decides whether a job is queued or running.
+    dispatch: tokio::sync::Mutex<()>,
+    /// Test only: the step after which to stop acting ([`HALT_AFTER_ENV`]).
+    halt_after: Option<JobStep>,
 }
 
 /// Runs the scheduler until `shutdown` resolves.
@@ -78,38 +182,65 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subject::valid_token(&config.id),
-        "scheduler id {:?} is not a valid name (letters, digits, '-', '_')",
-        config.id
-    );
-    let state = arca_runtime::jetstream::bootstrap(&client).await?;
-    let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel();
+    config.check()?;
+    let retention = EventsRetention {
+        max_age: Duration::from_secs(config.events_max_age_days * 24 * 3600),
+        max_bytes: config.events_max_bytes,
+        max_msgs: config.events_max_msgs,
+    };
+    let state = arca_runtime::jetstream::bootstrap_with(&client, retention).await?;
+    let halt_after = match std::env::var(HALT_AFTER_ENV) {
+        Ok(step) => {
+            let parsed: JobStep =
+                serde_json::from_value(serde_json::Value::String(step.clone()))
+                    .map_err(|_| anyhow::anyhow!("{HALT_AFTER_ENV}={step:?} names no job step"))?;
+            tracing::warn!(step = %step, "test hook: jobs halt after persisting this step");
+            Some(parsed)
+        }
+        Err(_) => None,
+    };
     let sched = Arc::new(Scheduler {
         config,
         client: client.clone(),
         state,
-        queue,
+        queue: queue::Queue::new(),
+        cancels: Mutex::new(HashMap::new()),
+        dispatch: tokio::sync::Mutex::new(()),
+        halt_after,
     });
-    sched.recover().await?;
     let mut requests = client
         .subscribe(subject::scheduler_all(&sched.config.id))
         .await?;
     client.flush().await?;
-    tracing::info!(id = %sched.config.id, "scheduler ready");
+    let interrupted = sched.recover().await?;
+    tracing::info!(id = %sched.config.id, max_parallel = sched.config.max_parallel, "scheduler ready");
 
-    // One job at a time, in queue order (the patent's order).
-    let worker_sched = sched.clone();
-    let worker = tokio::spawn(async move {
-        while let Some(id) = queued.recv().await {
-            match worker_sched.load_job(&id).await {
-                Ok(Some(rec)) if rec.status == JobStatus::Queued => {
-                    job::drive(worker_sched.clone(), rec).await;
+    // The schedules are watched from the start (they only queue jobs).
+    // Jobs interrupted by a stop are resumed or ended first; the workers
+    // start once they are done, so the number of jobs at work stays within
+    // max-parallel.
+    let s = sched.clone();
+    let workers = tokio::spawn(async move {
+        // Dropping the set (when this task is aborted at shutdown) aborts
+        // every task in it.
+        let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(s.clone().schedule_loop());
+        futures::future::join_all(
+            interrupted
+                .into_iter()
+                .map(|rec| job::resume(s.clone(), rec)),
+        )
+        .await;
+        for _ in 0..s.config.max_parallel {
+            let s = s.clone();
+            workers.spawn(async move {
+                loop {
+                    let id = s.queue.pop().await;
+                    s.clone().run_queued(id).await;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(job = %id, error = %e, "cannot load queued job"),
-            }
+            });
         }
+        while workers.join_next().await.is_some() {}
     });
 
     tokio::pin!(shutdown);
@@ -123,7 +254,7 @@ pub async fn run(
             else => break,
         }
     }
-    worker.abort();
+    workers.abort();
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -135,13 +266,21 @@ impl Scheduler {
         match SchedulerVerb::parse(verb(&msg.subject)) {
             Some(SchedulerVerb::LoadSystems) => respond(c, &msg, self.load_systems(p).await).await,
             Some(SchedulerVerb::ListSystems) => respond(c, &msg, self.list_systems().await).await,
+            Some(SchedulerVerb::GetSystem) => respond(c, &msg, self.get_system(p).await).await,
+            Some(SchedulerVerb::RemoveSystem) => {
+                respond(c, &msg, self.remove_system(p).await).await
+            }
             Some(SchedulerVerb::Backup) => respond(c, &msg, self.start_backup(p).await).await,
             Some(SchedulerVerb::Restore) => respond(c, &msg, self.start_restore(p).await).await,
             Some(SchedulerVerb::ListJobs) => respond(c, &msg, self.list_jobs(p).await).await,
             Some(SchedulerVerb::GetJob) => respond(c, &msg, self.get_job(p).await).await,
             Some(SchedulerVerb::Forget) => respond(c, &msg, self.forget(p).await).await,
+            Some(SchedulerVerb::Cancel) => respond(c, &msg, self.cancel(p).await).await,
             Some(SchedulerVerb::ListSnapshots) => {
                 respond(c, &msg, self.list_snapshots(p).await).await
+            }
+            Some(SchedulerVerb::RebuildCatalog) => {
+                respond(c, &msg, self.rebuild_catalog(p).await).await
             }
             None => {
                 let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
@@ -153,46 +292,50 @@ impl Scheduler {
         }
     }
 
-    async fn load_systems(&self, p: &[u8]) -> Result<LoadSystemsReply, ErrorReply> {
-        let req: LoadSystems = decode_request(p)?;
-        let mut seen = std::collections::HashSet::new();
-        for s in &req.systems {
-            s.validate().map_err(ErrorReply::bad_request)?;
-            if !seen.insert(s.name.clone()) {
-                return Err(ErrorReply::bad_request(format!(
-                    "system {:?} is named twice",
-                    s.name
-                )));
+    /// Takes a job off the queue and drives it, unless it was cancelled
+    /// while it waited.
+    async fn run_queued(self: Arc<Self>, id: JobId) {
+        let guard = self.dispatch.lock().await;
+        let rec = match self.load_job(&id).await {
+            Ok(Some(rec)) if rec.status == JobStatus::Queued => rec,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot load queued job");
+                return;
             }
-        }
-        let mut stored = Vec::new();
-        for s in req.systems {
-            self.put_system(&s).await?;
-            tracing::info!(system = %s.name, "system registered");
-            stored.push(s.name);
-        }
-        Ok(LoadSystemsReply { stored })
+        };
+        let cancel = self.watch_cancel(id);
+        drop(guard);
+        job::drive(self.clone(), rec, cancel).await;
+        self.cancels.lock().expect("cancels lock").remove(&id);
     }
 
-    async fn list_systems(&self) -> Result<ListSystemsReply, ErrorReply> {
-        let mut systems = self.all_systems().await?;
-        systems.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(ListSystemsReply { systems })
+    /// Registers the cancel signal of a job about to be driven.
+    fn watch_cancel(&self, id: JobId) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.cancels.lock().expect("cancels lock").insert(id, tx);
+        rx
     }
 
-    /// Creates a queued job and announces it.
+    /// Creates a queued job and announces it; the caller queues it.
     async fn create_job(
         &self,
-        kind: JobKind,
-        system: &str,
-        snapshot: Option<arca_schemas::SnapshotId>,
-        target: Option<String>,
-    ) -> Result<JobId, ErrorReply> {
+        system: &arca_schemas::SystemConfig,
+        new: NewJob,
+    ) -> Result<JobRecord, ErrorReply> {
+        let NewJob {
+            kind,
+            snapshot,
+            target,
+            backup_type,
+            trigger,
+            scheduled_for,
+        } = new;
         let now = chrono::Utc::now();
         let rec = JobRecord {
             id: JobId::new(),
             kind,
-            system: system.to_owned(),
+            system: system.name.clone(),
             step: JobStep::Selected,
             status: JobStatus::Queued,
             created: now,
@@ -205,17 +348,56 @@ impl Scheduler {
             stats: Default::default(),
             file_errors: Vec::new(),
             error: None,
+            backup_type,
+            trigger,
+            scheduled_for,
+            priority: system.priority,
+            prepared_at: None,
+            cancel_requested: false,
+            resumed: 0,
         };
         self.put_job(&rec).await?;
         arca_runtime::events::publish(
             &self.state.js,
             rec.id,
             kind,
-            system,
-            EventDetail::Selected { snapshot, target },
+            &system.name,
+            EventDetail::Selected {
+                snapshot,
+                target,
+                backup_type,
+                trigger,
+                scheduled_for,
+                priority: system.priority,
+            },
         )
         .await;
-        Ok(rec.id)
+        Ok(rec)
+    }
+
+    /// Creates backup jobs for `systems` and queues them together.
+    pub(crate) async fn select_backups(
+        &self,
+        systems: &[arca_schemas::SystemConfig],
+        backup_type: BackupType,
+        trigger: Trigger,
+        scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<JobId>, ErrorReply> {
+        let mut jobs = Vec::new();
+        for sys in systems {
+            let new = NewJob {
+                kind: JobKind::Backup,
+                snapshot: None,
+                target: None,
+                backup_type: Some(backup_type),
+                trigger,
+                scheduled_for,
+            };
+            let rec = self.create_job(sys, new).await?;
+            jobs.push((rec.priority, rec.id));
+        }
+        self.queue.push_all(jobs.iter().copied());
+        Ok(jobs.into_iter().map(|(_, id)| id).collect())
     }
 
     async fn start_backup(&self, p: &[u8]) -> Result<JobsStarted, ErrorReply> {
@@ -226,46 +408,45 @@ impl Scheduler {
             ));
         }
         // Every name is checked before any job is created.
+        let mut systems = Vec::new();
         for name in &req.systems {
-            self.system(name).await?;
+            systems.push(self.system(name).await?);
         }
-        let mut jobs = Vec::new();
-        for name in &req.systems {
-            let id = self.create_job(JobKind::Backup, name, None, None).await?;
-            jobs.push(id);
-        }
-        for id in &jobs {
-            let _ = self.queue.send(*id);
-        }
+        let kind = req.backup_type.unwrap_or(BackupType::Incremental);
+        let jobs = self
+            .select_backups(&systems, kind, Trigger::Operator, None)
+            .await?;
         Ok(JobsStarted { jobs })
     }
 
     async fn start_restore(&self, p: &[u8]) -> Result<JobsStarted, ErrorReply> {
         let req: StartRestore = decode_request(p)?;
         let info = self.catalog_entry(&req.snapshot).await?;
-        self.system(&info.system).await?;
+        let system = self.system(&info.system).await?;
         if let Some(t) = req.target.as_ref().filter(|t| !t.starts_with('/')) {
             return Err(ErrorReply::bad_request(format!(
                 "restore target {t:?} must be an absolute path on system {}",
                 info.system
             )));
         }
-        let id = self
-            .create_job(
-                JobKind::Restore,
-                &info.system,
-                Some(req.snapshot),
-                req.target,
-            )
-            .await?;
-        let _ = self.queue.send(id);
-        Ok(JobsStarted { jobs: vec![id] })
+        let new = NewJob {
+            kind: JobKind::Restore,
+            snapshot: Some(req.snapshot),
+            target: req.target,
+            backup_type: None,
+            trigger: Trigger::Operator,
+            scheduled_for: None,
+        };
+        let rec = self.create_job(&system, new).await?;
+        self.queue.push_all([(rec.priority, rec.id)]);
+        Ok(JobsStarted { jobs: vec![rec.id] })
     }
 
     async fn list_jobs(&self, p: &[u8]) -> Result<ListJobsReply, ErrorReply> {
         let req: ListJobs = decode_request(p)?;
         let mut jobs = self.all_jobs().await?;
         jobs.retain(|j| req.system.as_ref().is_none_or(|s| &j.system == s));
+        jobs.retain(|j| req.since.is_none_or(|t| j.created >= t));
         jobs.sort_by_key(|j| std::cmp::Reverse(j.created));
         Ok(ListJobsReply { jobs })
     }
@@ -291,10 +472,73 @@ impl Scheduler {
         .map_err(|e| e.to_reply())?;
         if !req.dry_run {
             for id in &reply.forgotten {
-                self.drop_catalog(id).await?;
+                self.delete_catalog(id).await?;
             }
         }
         Ok(reply)
+    }
+
+    /// Cancels a job: a queued one ends at once; a running one is signalled
+    /// and ends after its clean-up. Answers with the record as it stands.
+    async fn cancel(&self, p: &[u8]) -> Result<JobRecord, ErrorReply> {
+        let req: CancelJob = decode_request(p)?;
+        let _guard = self.dispatch.lock().await;
+        let mut rec = self
+            .load_job(&req.job)
+            .await?
+            .ok_or_else(|| ErrorReply::not_found(format!("unknown job {}", req.job)))?;
+        if rec.status.is_final() {
+            return Err(ErrorReply::new(
+                ErrorCode::Conflict,
+                format!(
+                    "job {} already ended ({:?}); nothing to cancel",
+                    rec.id, rec.status
+                ),
+            ));
+        }
+        let signal = self
+            .cancels
+            .lock()
+            .expect("cancels lock")
+            .get(&rec.id)
+            .cloned();
+        if let Some(tx) = signal {
+            tracing::info!(job = %rec.id, "cancel requested");
+            let _ = tx.send(true);
+            return Ok(rec);
+        }
+        if rec.status == JobStatus::Queued {
+            let now = chrono::Utc::now();
+            rec.status = JobStatus::Cancelled;
+            rec.cancel_requested = true;
+            rec.step = JobStep::Done;
+            rec.error = Some("cancelled by an operator before it started".to_owned());
+            rec.ended = Some(now);
+            rec.updated = now;
+            self.put_job(&rec).await?;
+            let publish = |detail| {
+                arca_runtime::events::publish(&self.state.js, rec.id, rec.kind, &rec.system, detail)
+            };
+            publish(EventDetail::CancelRequested {}).await;
+            publish(EventDetail::Ended {
+                status: rec.status,
+                snapshot: None,
+                stats: rec.stats.clone(),
+                file_errors: Vec::new(),
+                error: rec.error.clone(),
+                seconds: (now - rec.created).num_milliseconds() as f64 / 1000.0,
+            })
+            .await;
+            return Ok(rec);
+        }
+        // Running but not driven here: a job being resumed after a restart.
+        Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "job {} is being picked up after a restart; try again in a moment",
+                rec.id
+            ),
+        ))
     }
 
     async fn list_snapshots(&self, p: &[u8]) -> Result<ListSnapshotsReply, ErrorReply> {
@@ -305,23 +549,89 @@ impl Scheduler {
         Ok(ListSnapshotsReply { snapshots })
     }
 
-    /// After a restart: queued jobs go back in the queue; a job that was
-    /// running when the scheduler died is cleaned up (post hook, windows)
-    /// and marked failed.
-    async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// After a restart: queued jobs go back in the queue (in their order);
+    /// jobs that were running are returned, to be resumed or ended.
+    async fn recover(self: &Arc<Self>) -> anyhow::Result<Vec<JobRecord>> {
         let mut jobs = self.all_jobs().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         jobs.sort_by_key(|j| j.created);
+        let mut running = Vec::new();
+        let mut queued = Vec::new();
         for rec in jobs {
             match rec.status {
-                JobStatus::Queued => {
-                    let _ = self.queue.send(rec.id);
-                }
+                JobStatus::Queued => queued.push((rec.priority, rec.id)),
                 JobStatus::Running => {
-                    tracing::warn!(job = %rec.id, step = ?rec.step, "job was running when the scheduler stopped; cleaning up");
-                    job::abandon(self.clone(), rec).await;
+                    tracing::warn!(job = %rec.id, step = ?rec.step, "job was running when the scheduler stopped");
+                    running.push(rec);
                 }
                 _ => {}
             }
+        }
+        self.queue.push_all(queued);
+        Ok(running)
+    }
+
+    /// Looks at every system's schedules now and then, and selects the
+    /// backups that are due (see [`schedule`]).
+    async fn schedule_loop(self: Arc<Self>) {
+        let every = Duration::from_secs(self.config.schedule_tick_secs);
+        loop {
+            if let Err(e) = self.schedule_tick(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "schedule tick failed; trying again at the next one");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn schedule_tick(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), ErrorReply> {
+        let grace = Duration::from_secs(self.config.missed_run_grace_secs);
+        let mut systems = self.all_systems().await?;
+        systems.sort_by(|a, b| a.name.cmp(&b.name));
+        let active: std::collections::HashSet<String> = self
+            .all_jobs()
+            .await?
+            .into_iter()
+            .filter(|j| !j.status.is_final())
+            .map(|j| j.system)
+            .collect();
+        let mut due: HashMap<(BackupType, chrono::DateTime<chrono::Utc>), Vec<_>> = HashMap::new();
+        for sys in systems {
+            if sys.schedules.is_empty() {
+                continue;
+            }
+            let compiled = match schedule::compile(&sys.schedules) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(system = %sys.name, error = %e, "schedule not usable");
+                    continue;
+                }
+            };
+            let last = self.schedule_last(&sys.name).await?;
+            let t = schedule::tick(&compiled, last, now, grace);
+            if last != Some(t.last) {
+                self.put_schedule_last(&sys.name, t.last).await?;
+            }
+            if let Some((kind, at)) = t.skipped {
+                tracing::warn!(system = %sys.name, backup_type = kind.as_str(), instant = %at,
+                    "scheduled backup missed by more than the grace period; skipped");
+            }
+            if let Some((kind, at)) = t.fire {
+                if active.contains(&sys.name) {
+                    tracing::warn!(system = %sys.name, backup_type = kind.as_str(), instant = %at,
+                        "scheduled backup skipped: the system's previous job has not ended");
+                    continue;
+                }
+                due.entry((kind, at)).or_default().push(sys);
+            }
+        }
+        // Systems due at the same instant are selected together, so that
+        // they run in priority order.
+        let mut batches: Vec<_> = due.into_iter().collect();
+        batches.sort_by_key(|((_, at), _)| *at);
+        for ((kind, at), systems) in batches {
+            let jobs = self
+                .select_backups(&systems, kind, Trigger::Schedule, Some(at))
+                .await?;
+            tracing::info!(backup_type = kind.as_str(), instant = %at, ?jobs, "scheduled backups selected");
         }
         Ok(())
     }

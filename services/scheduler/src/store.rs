@@ -5,6 +5,7 @@ use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::SnapshotInfo;
 use arca_schemas::{ErrorCode, JobId, JobRecord, SnapshotId, SystemConfig, codec};
 use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -46,6 +47,7 @@ async fn all<T: DeserializeOwned>(store: &kv::Store) -> Result<Vec<T>, ErrorRepl
     };
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
+        // A key deleted between listing and reading reads as None.
         if let Some(v) = get(store, &k).await? {
             out.push(v);
         }
@@ -69,6 +71,32 @@ impl Scheduler {
                 "unknown system {name:?}; register it with `arca systems load FILE` (see `arca systems list`)"
             ))
         })
+    }
+
+    pub(crate) async fn delete_system(&self, name: &str) -> Result<(), ErrorReply> {
+        self.state
+            .systems
+            .delete(name)
+            .await
+            .map_err(|e| unavailable(&format!("remove {name}"), e))?;
+        let _ = self.state.schedules.delete(name).await;
+        Ok(())
+    }
+
+    /// The last schedule instant handled for a system.
+    pub(crate) async fn schedule_last(
+        &self,
+        system: &str,
+    ) -> Result<Option<DateTime<Utc>>, ErrorReply> {
+        get(&self.state.schedules, system).await
+    }
+
+    pub(crate) async fn put_schedule_last(
+        &self,
+        system: &str,
+        last: DateTime<Utc>,
+    ) -> Result<(), ErrorReply> {
+        put(&self.state.schedules, system, &last).await
     }
 
     pub(crate) async fn all_systems(&self) -> Result<Vec<SystemConfig>, ErrorReply> {
@@ -103,12 +131,12 @@ impl Scheduler {
         get(&self.state.snapshots, &id.0).await?.ok_or_else(unknown)
     }
 
-    pub(crate) async fn drop_catalog(&self, id: &SnapshotId) -> Result<(), ErrorReply> {
+    pub(crate) async fn delete_catalog(&self, id: &SnapshotId) -> Result<(), ErrorReply> {
         self.state
             .snapshots
-            .purge(&id.0)
+            .delete(&id.0)
             .await
-            .map_err(|e| unavailable(&format!("drop snapshot {id} from the catalog"), e))
+            .map_err(|e| unavailable(&format!("remove {id}"), e))
     }
 
     pub(crate) async fn all_snapshots(&self) -> Result<Vec<SnapshotInfo>, ErrorReply> {

@@ -12,9 +12,19 @@
 //! - `bad_input`: clear errors, and nothing half-written.
 //! - `repository`: corruption found and named, crashes of media survived,
 //!   deduplication scoped per system.
+//! - `crash`: the scheduler killed at every step of a backup and a restore;
+//!   the agent's own deadline.
+//! - `scheduling`: priority order, max-parallel, cancel, schedules firing.
+//! - `registry`: `arca system ...`, `arca jobs`, `arca catalog rebuild`.
+//! - `dashboard`: every event of real jobs validated against its JSON
+//!   Schema by a Python client (nats-py).
 
 mod bad_input;
+mod crash;
+mod dashboard;
 mod events;
 mod hooks;
+mod registry;
 mod repository;
 mod round_trip;
+mod scheduling;

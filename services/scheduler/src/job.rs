@@ -552,7 +552,10 @@ impl Driver {
     }
 }
 
-/// Renews the job's windows every third of a lease while the job runs.
+/// Renews the job's windows every third of a lease while the job runs;
+/// each renewal is a `window-renewed` event. A renewal that fails is
+/// logged and tried again at the next turn: the lease still bounds the
+/// window.
 async fn renew_leases(sched: Arc<Scheduler>, rec: JobRecord, system: SystemConfig) {
     let lease = sched.config.lease_secs;
     let every = Duration::from_secs((lease / 3).max(1));
@@ -563,14 +566,30 @@ async fn renew_leases(sched: Arc<Scheduler>, rec: JobRecord, system: SystemConfi
                 job: rec.id,
                 lease_secs: lease,
             };
-            let r: Result<WindowReply, RpcError> = rpc::request(
+            let r: Result<WindowReply, RpcError> = rpc::request_with_timeout(
                 &sched.client,
                 subject::firewall(fw, FirewallVerb::Renew),
                 &req,
+                every,
             )
             .await;
-            if let Err(e) = r {
-                tracing::debug!(job = %rec.id, firewall = %fw, error = %e, "lease not renewed");
+            match r {
+                Ok(r) => {
+                    arca_runtime::events::publish(
+                        &sched.state.js,
+                        rec.id,
+                        rec.kind,
+                        &rec.system,
+                        EventDetail::WindowRenewed {
+                            firewall: fw.clone(),
+                            expires: r.expires,
+                        },
+                    )
+                    .await
+                }
+                Err(e) => {
+                    tracing::debug!(job = %rec.id, firewall = %fw, error = %e, "lease not renewed")
+                }
             }
         }
     }

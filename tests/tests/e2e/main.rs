@@ -10,8 +10,12 @@
 //! - `hooks`: pre and post hooks around the transfer, also when media dies.
 //! - `events`: a late subscriber reads a whole job; systems run one at a time.
 //! - `bad_input`: clear errors, and nothing half-written.
+//! - `firewall`: nftables windows between network namespaces
+//!   (`Stack::start_net`; skipped with a message when not root or without
+//!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
 
 mod bad_input;
 mod events;
+mod firewall;
 mod hooks;
 mod round_trip;

@@ -1,0 +1,422 @@
+//! Firewall windows with real nftables between network namespaces
+//! (`Stack::start_net`), and the scheduler's handling of several firewalls
+//! on a path. Namespace tests print `SKIPPED ...` and return when they
+//! cannot run here (not root, no `nft`), and fail instead when
+//! `ARCA_REQUIRE_NETNS=1` (as `ops/test` sets when run as root).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arca_e2e::{
+    FIREWALL, HI_FOR_OPS, HI_FOR_OPS2, HI_FOR_OPS6, OPS, OPS2, OPS6, Stack, Zone, kinds, sh_hook,
+    system,
+};
+use arca_runtime::rpc;
+use arca_schemas::event::EventDetail;
+use arca_schemas::msg::*;
+use arca_schemas::subject::{self, FirewallVerb};
+use arca_schemas::{JobId, JobStatus, JobStep, SystemConfig};
+use arca_testkit::netns::can_run;
+
+/// Lease of the namespace stacks: short, so that "closes by itself within
+/// one lease" is quick to see; renewed every second.
+const LEASE: u64 = 5;
+
+/// A system in `ops` (or `ops2`) whose pre-backup hook waits until the
+/// file `release` exists, so that the test holds the window open.
+fn held_system(name: &str, address: &str, data: &Path, release: &Path) -> SystemConfig {
+    let mut s = system(name, &[data]);
+    s.address = address.to_owned();
+    s.hooks.pre_backup = Some(sh_hook(&format!(
+        "while [ ! -e '{}' ]; do sleep 0.1; done",
+        release.display()
+    )));
+    s
+}
+
+/// Polls `f` every 200 ms until it is true or `within` has passed.
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_step(stack: &Stack, job: JobId, step: JobStep) {
+    let ok = eventually(Duration::from_secs(90), async || {
+        stack.job(job).await.is_ok_and(|r| r.step == step)
+    })
+    .await;
+    let rec = stack.job(job).await.unwrap();
+    assert!(ok, "job never reached {step:?}: {rec:#?}");
+}
+
+/// Waits until the port is closed to `ops`, returning how long it took.
+async fn closes_within(stack: &Stack, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let port = stack.nats.port();
+    let closed = eventually(within, async || {
+        !stack.net().ops.tcp_connects(HI_FOR_OPS, port, 1)
+    })
+    .await;
+    closed.then(|| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_lets_one_agent_in_for_one_job_and_cuts_it_after() {
+    if !can_run("a_window_lets_one_agent_in_for_one_job_and_cuts_it_after") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let port = stack.nats.port();
+    let before = stack.net().hi.ruleset().unwrap();
+    assert!(before.contains("\"table\": {\"family\": \"inet\", \"name\": \"arca\""));
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), b"across the firewall").unwrap();
+    let release = data.path().join("release");
+    let hold = tempfile::tempdir().unwrap();
+    stack
+        .load_systems(vec![
+            held_system("ops", OPS, data.path(), &hold.path().join("go")),
+            held_system("ops2", OPS2, data.path(), &release),
+        ])
+        .await
+        .unwrap();
+    stack.start_agent_in("ops", Zone::Ops, HI_FOR_OPS).unwrap();
+    stack
+        .start_agent_in("ops2", Zone::Ops2, HI_FOR_OPS2)
+        .unwrap();
+
+    // Before the window: neither agent reaches NATS.
+    let net = stack.net();
+    assert!(
+        !net.ops.tcp_connects(HI_FOR_OPS, port, 2),
+        "port open before the window"
+    );
+    assert!(!net.ops2.tcp_connects(HI_FOR_OPS2, port, 2));
+    assert!(!stack.agent_answers("ops", Duration::from_secs(2)).await);
+
+    // During the window: the agent of `ops` connects, the other does not.
+    let job = stack.backup(&["ops"]).await.unwrap()[0];
+    wait_step(&stack, job, JobStep::Preparing).await;
+    let net = stack.net();
+    assert!(
+        net.ops.tcp_connects(HI_FOR_OPS, port, 2),
+        "port closed during the window"
+    );
+    assert!(
+        !net.ops2.tcp_connects(HI_FOR_OPS2, port, 2),
+        "window open to the wrong system"
+    );
+    assert!(!stack.agent_answers("ops2", Duration::from_secs(2)).await);
+    assert!(stack.agent_answers("ops", Duration::from_secs(5)).await);
+    let during = stack.net().hi.ruleset().unwrap();
+    assert!(
+        during.contains(&format!("\"concat\": [\"{OPS}\", {port}]")),
+        "{during}"
+    );
+    let status = stack.arca(&["firewall", "status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && text.contains("backend nftables")
+            && text.contains(&job.to_string())
+            && text.contains("left"),
+        "{text}"
+    );
+    std::fs::write(hold.path().join("go"), b"").unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    let k = kinds(&events);
+    assert!(k.contains(&"window-renewed"), "{k:?}");
+    let opened = k.iter().position(|k| *k == "window-opened").unwrap();
+    let closed = k.iter().position(|k| *k == "window-closed").unwrap();
+    let transferred = k.iter().position(|k| *k == "transferred").unwrap();
+    assert!(opened < transferred && transferred < closed, "{k:?}");
+    assert!(events.iter().any(|e| matches!(&e.detail,
+        EventDetail::WindowOpened { backend, address, .. } if backend == "nftables" && address == OPS)));
+
+    // After: the ruleset is as before, the connection is cut and stays cut.
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS, port, 2));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        assert!(
+            !stack.agent_answers("ops", Duration::from_secs(1)).await,
+            "the agent still reaches NATS after the window closed"
+        );
+    }
+    assert!(stack.open_windows().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_work_for_ipv6_and_a_lease_runs_out_by_itself() {
+    if !can_run("windows_work_for_ipv6_and_a_lease_runs_out_by_itself") {
+        return;
+    }
+    let stack = Stack::start_net(LEASE).await.unwrap();
+    let port = stack.nats.port();
+    let before = stack.net().hi.ruleset().unwrap();
+    let open = |address: &str, lease_secs: u64| OpenWindow {
+        job: JobId::new(),
+        system: "ops".into(),
+        address: address.to_owned(),
+        lease_secs,
+    };
+    let fw = |verb| subject::firewall(FIREWALL, verb);
+
+    // IPv6: open, connect, close, refused.
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS6, port, 2));
+    let req = open(OPS6, 60);
+    let _: WindowReply = rpc::request(&stack.client, fw(FirewallVerb::Open), &req)
+        .await
+        .unwrap();
+    assert!(stack.net().ops.tcp_connects(HI_FOR_OPS6, port, 2));
+    assert!(
+        !stack.net().ops.tcp_connects(HI_FOR_OPS, port, 2),
+        "IPv4 is another pair"
+    );
+    let r: CloseWindowReply = rpc::request(
+        &stack.client,
+        fw(FirewallVerb::Close),
+        &CloseWindow { job: req.job },
+    )
+    .await
+    .unwrap();
+    assert!(r.was_open);
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS6, port, 2));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+
+    // A lease nobody renews ends the window by itself, in the kernel.
+    let req = open(OPS, 3);
+    let _: WindowReply = rpc::request(&stack.client, fw(FirewallVerb::Open), &req)
+        .await
+        .unwrap();
+    assert!(stack.net().ops.tcp_connects(HI_FOR_OPS, port, 2));
+    let took = closes_within(&stack, Duration::from_secs(20)).await;
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(3 + 2)),
+        "{took:?}"
+    );
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    // A renewal after the lease ran out does not reopen it.
+    let r: Result<WindowReply, _> = rpc::request(
+        &stack.client,
+        fw(FirewallVerb::Renew),
+        &RenewWindow {
+            job: req.job,
+            lease_secs: 60,
+        },
+    )
+    .await;
+    assert!(r.is_err());
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS, port, 2));
+}
+
+/// Starts a held backup of `ops` and waits until its agent is in.
+async fn held_backup(stack: &mut Stack, hold: &Path) -> (JobId, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), b"x").unwrap();
+    stack
+        .load_systems(vec![held_system("ops", OPS, data.path(), hold)])
+        .await
+        .unwrap();
+    stack.start_agent_in("ops", Zone::Ops, HI_FOR_OPS).unwrap();
+    let job = stack.backup(&["ops"]).await.unwrap()[0];
+    wait_step(stack, job, JobStep::Preparing).await;
+    assert!(
+        stack
+            .net()
+            .ops
+            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+    );
+    (job, data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_controller_leaves_no_window_and_restarts_to_the_same_ruleset() {
+    if !can_run("a_killed_controller_leaves_no_window_and_restarts_to_the_same_ruleset") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let before = stack.net().hi.ruleset().unwrap();
+    let hold = tempfile::tempdir().unwrap();
+    let (job, _data) = held_backup(&mut stack, &hold.path().join("go")).await;
+
+    stack.kill("firewall");
+    let took = closes_within(&stack, Duration::from_secs(LEASE + 10)).await;
+    eprintln!("window closed {took:?} after the controller was killed (lease {LEASE}s)");
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(LEASE + 2)),
+        "window still open {took:?} after the controller died"
+    );
+    // Fail closed: the table stays while the controller is down.
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+
+    // Restarted, it keeps its table as it was.
+    restart_firewall(&mut stack).await;
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    assert!(
+        stack
+            .log("firewall")
+            .contains("nftables table in place; keeping it")
+    );
+
+    // A pair of no running job, left by a controller that died, is removed
+    // at start, long before its lease would end.
+    let stray = OpenWindow {
+        job: JobId::new(),
+        system: "ops".into(),
+        address: OPS.into(),
+        lease_secs: 300,
+    };
+    let _: WindowReply = rpc::request(
+        &stack.client,
+        subject::firewall(FIREWALL, FirewallVerb::Open),
+        &stray,
+    )
+    .await
+    .unwrap();
+    assert_ne!(stack.net().hi.ruleset().unwrap(), before);
+    stack.kill("firewall");
+    restart_firewall(&mut stack).await;
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    assert!(
+        !stack
+            .net()
+            .ops
+            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+    );
+    assert!(
+        stack
+            .log("firewall")
+            .contains("window of no running job found; closing it")
+    );
+    let _ = job;
+}
+
+/// Starts the firewall controller again and waits until it answers.
+async fn restart_firewall(stack: &mut Stack) {
+    stack
+        .spawn("firewall", "arca-firewall", "firewall.toml")
+        .unwrap();
+    let _: FirewallStatusReply = rpc::retry(Duration::from_secs(20), || {
+        rpc::request(
+            &stack.client,
+            subject::firewall(FIREWALL, FirewallVerb::Status),
+            &FirewallStatus {},
+        )
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_scheduler_leaves_no_window() {
+    if !can_run("a_killed_scheduler_leaves_no_window") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let before = stack.net().hi.ruleset().unwrap();
+    let hold = tempfile::tempdir().unwrap();
+    let (_job, _data) = held_backup(&mut stack, &hold.path().join("go")).await;
+
+    stack.kill("scheduler");
+    let took = closes_within(&stack, Duration::from_secs(LEASE + 10)).await;
+    eprintln!("window closed {took:?} after the scheduler was killed (lease {LEASE}s)");
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(LEASE + 2)),
+        "window still open {took:?} after the scheduler died"
+    );
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    let gone = eventually(Duration::from_secs(5), async || {
+        stack.open_windows().await.is_ok_and(|w| w.is_empty())
+    })
+    .await;
+    assert!(gone, "the controller still reports the window");
+    std::fs::write(hold.path().join("go"), b"").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_jobs_leave_the_ruleset_as_it_was() {
+    if !can_run("failed_jobs_leave_the_ruleset_as_it_was") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let before = stack.net().hi.ruleset().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), b"x").unwrap();
+
+    // The pre hook fails after the window opened.
+    let mut bad_hook = system("ops", &[data.path()]);
+    bad_hook.address = OPS.into();
+    bad_hook.hooks.pre_backup = Some(sh_hook("exit 3"));
+    // The second firewall on the path does not exist.
+    let mut two_firewalls = system("ops2", &[data.path()]);
+    two_firewalls.address = OPS2.into();
+    two_firewalls.firewalls = vec![FIREWALL.into(), "absent".into()];
+    stack
+        .load_systems(vec![bad_hook, two_firewalls])
+        .await
+        .unwrap();
+    stack.start_agent_in("ops", Zone::Ops, HI_FOR_OPS).unwrap();
+
+    let job = stack.backup(&["ops"]).await.unwrap()[0];
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}");
+    assert!(kinds(&events).contains(&"window-closed"));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+
+    let job = stack.backup(&["ops2"]).await.unwrap()[0];
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}");
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("absent"),
+        "{rec:#?}"
+    );
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+    assert!(events.iter().any(|e| matches!(&e.detail,
+        EventDetail::WindowClosed { firewall } if firewall == FIREWALL)));
+}
+
+/// Runs everywhere (`none` backend): a firewall on the path that does not
+/// open fails the job with an event naming it, and the ones already open
+/// are closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_firewall_that_does_not_open_fails_the_job_and_the_others_close() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.log("firewall").contains("firewall backend 'none'"));
+    let data = tempfile::tempdir().unwrap();
+    let mut s = system("two-fw", &[data.path()]);
+    s.firewalls = vec![FIREWALL.into(), "absent".into()];
+    stack.load_systems(vec![s]).await.unwrap();
+    let job = stack.backup(&["two-fw"]).await.unwrap()[0];
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed);
+    let failed = events
+        .iter()
+        .find_map(|e| match &e.detail {
+            EventDetail::StepFailed { step, error } if step == "window-opened" => Some(error),
+            _ => None,
+        })
+        .expect("a step-failed event for the window");
+    assert!(failed.contains("firewall absent"), "{failed}");
+    let opened: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::WindowOpened { firewall, .. } => Some(firewall.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [FIREWALL]);
+    assert!(events.iter().any(|e| matches!(&e.detail,
+        EventDetail::WindowClosed { firewall } if firewall == FIREWALL)));
+    assert!(stack.open_windows().await.unwrap().is_empty());
+}

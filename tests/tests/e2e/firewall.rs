@@ -323,6 +323,43 @@ async fn restart_firewall(stack: &mut Stack) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_controller_restarted_within_the_lease_keeps_the_window_of_a_running_job() {
+    if !can_run("a_controller_restarted_within_the_lease_keeps_the_window_of_a_running_job") {
+        return;
+    }
+    // A longer lease, so that the restart surely fits in it.
+    let mut stack = Stack::start_net(20).await.unwrap();
+    let before = stack.net().hi.ruleset().unwrap();
+    let hold = tempfile::tempdir().unwrap();
+    let (job, _data) = held_backup(&mut stack, &hold.path().join("go")).await;
+
+    stack.kill("firewall");
+    restart_firewall(&mut stack).await;
+    assert!(
+        stack
+            .log("firewall")
+            .contains("window of a running job kept"),
+        "{}",
+        stack.log("firewall")
+    );
+    let windows = stack.open_windows().await.unwrap();
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    assert_eq!((windows[0].job, windows[0].address.as_str()), (job, OPS));
+    assert!(
+        stack
+            .net()
+            .ops
+            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+    );
+
+    std::fs::write(hold.path().join("go"), b"").unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    assert!(kinds(&events).contains(&"window-closed"));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_scheduler_leaves_no_window() {
     if !can_run("a_killed_scheduler_leaves_no_window") {
         return;

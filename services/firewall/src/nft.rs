@@ -34,6 +34,16 @@
 //! by itself when nobody renews it, whether the scheduler or this
 //! controller died.
 //!
+//! # Talking to nft
+//!
+//! Changes are text scripts fed to `nft -f -`: each script is one
+//! transaction, applied whole or not at all, and the generated text is
+//! what an operator reads in `nft list table` (pinned in the tests below).
+//! Reading uses `nft -j list set` (JSON, parsed with `serde_json`) for the
+//! elements and `nft -t list table` (text) for the table's comment, which
+//! the JSON output of nft 1.0.6 leaves out. The `nftables` crate was not
+//! needed for either.
+//!
 //! # Facts checked with nft 1.0.6 (Debian bookworm) in a network namespace
 //!
 //! - Re-adding an existing element with `add element ... timeout 30s`

@@ -221,7 +221,8 @@ impl Stack {
         self.dir.path().join("repo")
     }
 
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    /// Writes a file (a configuration) into the stack's folder.
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;

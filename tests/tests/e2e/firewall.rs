@@ -427,6 +427,114 @@ async fn failed_jobs_leave_the_ruleset_as_it_was() {
         EventDetail::WindowClosed { firewall } if firewall == FIREWALL)));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own() {
+    if !can_run("a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    // `hi` routes between `ops` and `ops2`; a service listens in `ops2`.
+    let net = stack.net();
+    let sysctl = net
+        .hi
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    assert!(sysctl.status.success(), "{sysctl:?}");
+    net.ops
+        .ip(&["route", "add", "10.203.2.0/24", "via", HI_FOR_OPS])
+        .unwrap();
+    net.ops2
+        .ip(&["route", "add", "10.203.1.0/24", "via", HI_FOR_OPS2])
+        .unwrap();
+    let port = arca_testkit::free_port();
+    let mut cmd = net.ops2.command("python3");
+    cmd.args([
+        "-c",
+        &format!(
+            "import socket\ns = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', {port}))\ns.listen(16)\n\
+             while True:\n    c, _ = s.accept()\n    c.close()\n"
+        ),
+    ]);
+    let _listener =
+        arca_testkit::ServiceProcess::spawn_command("listener", cmd, &[], stack.dir.path())
+            .unwrap();
+    let up = eventually(Duration::from_secs(20), async || {
+        stack.net().ops.tcp_connects(OPS2, port, 1)
+    })
+    .await;
+    assert!(
+        up,
+        "nothing forwarded before the router's controller started"
+    );
+
+    // A second controller in `hi`, on the forward hook, in its own table.
+    stack
+        .write(
+            "router.toml",
+            &format!(
+                "id = \"router\"\nbackend = \"nftables\"\ntable = \"arca_router\"\n\
+                 ports = [{port}]\nguard-interfaces = [\"to-ops\"]\nforward = true\n"
+            ),
+        )
+        .unwrap();
+    stack
+        .spawn("router", "arca-firewall", "router.toml")
+        .unwrap();
+    let status: FirewallStatusReply = rpc::retry(Duration::from_secs(20), || {
+        rpc::request(
+            &stack.client,
+            subject::firewall("router", FirewallVerb::Status),
+            &FirewallStatus {},
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.backend.as_str(), status.ports),
+        ("nftables", vec![port])
+    );
+    let before = stack.net().hi.ruleset().unwrap();
+    assert!(before.contains("\"name\": \"arca\"") && before.contains("\"name\": \"arca_router\""));
+    assert!(before.contains("\"hook\": \"forward\""));
+    assert!(
+        !stack.net().ops.tcp_connects(OPS2, port, 2),
+        "forwarded traffic not guarded"
+    );
+
+    let job = JobId::new();
+    let _: WindowReply = rpc::request(
+        &stack.client,
+        subject::firewall("router", FirewallVerb::Open),
+        &OpenWindow {
+            job,
+            system: "ops".into(),
+            address: OPS.into(),
+            lease_secs: 60,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(stack.net().ops.tcp_connects(OPS2, port, 2));
+    // The other controller's port stays closed: its table is its own.
+    assert!(
+        !stack
+            .net()
+            .ops
+            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+    );
+    let _: CloseWindowReply = rpc::request(
+        &stack.client,
+        subject::firewall("router", FirewallVerb::Close),
+        &CloseWindow { job },
+    )
+    .await
+    .unwrap();
+    assert!(!stack.net().ops.tcp_connects(OPS2, port, 2));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+}
+
 /// Runs everywhere (`none` backend): a firewall on the path that does not
 /// open fails the job with an event naming it, and the ones already open
 /// are closed.

@@ -353,6 +353,11 @@ impl Stack {
         self.services.get_mut(name).expect("service exists").kill();
     }
 
+    /// True while a service runs.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.services.get_mut(name).is_some_and(|s| s.is_running())
+    }
+
     /// A service's log.
     pub fn log(&self, name: &str) -> String {
         self.services.get(name).map(|s| s.log()).unwrap_or_default()

@@ -535,6 +535,39 @@ async fn a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own
     assert_eq!(stack.net().hi.ruleset().unwrap(), before);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_the_controller_did_not_create_is_left_alone() {
+    if !can_run("a_table_the_controller_did_not_create_is_left_alone") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let made = stack
+        .net()
+        .hi
+        .run("nft", &["add table inet other; add chain inet other keep"])
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let before = stack.net().hi.ruleset().unwrap();
+    stack
+        .write(
+            "other.toml",
+            "id = \"other\"\nbackend = \"nftables\"\ntable = \"other\"\n",
+        )
+        .unwrap();
+    stack.spawn("other", "arca-firewall", "other.toml").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.is_running("other") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !stack.is_running("other"),
+        "the controller started on a table that is not its own"
+    );
+    let log = stack.log("other");
+    assert!(log.contains("was not created by arca-firewall"), "{log}");
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+}
+
 /// Runs everywhere (`none` backend): a firewall on the path that does not
 /// open fails the job with an event naming it, and the ones already open
 /// are closed.

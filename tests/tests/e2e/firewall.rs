@@ -226,20 +226,31 @@ async fn windows_work_for_ipv6_and_a_lease_runs_out_by_itself() {
 
 /// Starts a held backup of `ops` and waits until its agent is in.
 async fn held_backup(stack: &mut Stack, hold: &Path) -> (JobId, tempfile::TempDir) {
+    held_backup_at(stack, hold, OPS, HI_FOR_OPS).await
+}
+
+/// Like [`held_backup`], with the system at `address` and its agent
+/// reaching NATS at `nats_host` (IPv4 or IPv6).
+async fn held_backup_at(
+    stack: &mut Stack,
+    hold: &Path,
+    address: &str,
+    nats_host: &str,
+) -> (JobId, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("f"), b"x").unwrap();
     stack
-        .load_systems(vec![held_system("ops", OPS, data.path(), hold)])
+        .load_systems(vec![held_system("ops", address, data.path(), hold)])
         .await
         .unwrap();
-    stack.start_agent_in("ops", Zone::Ops, HI_FOR_OPS).unwrap();
+    stack.start_agent_in("ops", Zone::Ops, nats_host).unwrap();
     let job = stack.backup(&["ops"]).await.unwrap()[0];
     wait_step(stack, job, JobStep::Preparing).await;
     assert!(
         stack
             .net()
             .ops
-            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+            .tcp_connects(nats_host, stack.nats.port(), 2)
     );
     (job, data)
 }
@@ -327,11 +338,12 @@ async fn a_controller_restarted_within_the_lease_keeps_the_window_of_a_running_j
     if !can_run("a_controller_restarted_within_the_lease_keeps_the_window_of_a_running_job") {
         return;
     }
-    // A longer lease, so that the restart surely fits in it.
+    // A longer lease, so that the restart surely fits in it. The whole job
+    // runs over IPv6.
     let mut stack = Stack::start_net(20).await.unwrap();
     let before = stack.net().hi.ruleset().unwrap();
     let hold = tempfile::tempdir().unwrap();
-    let (job, _data) = held_backup(&mut stack, &hold.path().join("go")).await;
+    let (job, _data) = held_backup_at(&mut stack, &hold.path().join("go"), OPS6, HI_FOR_OPS6).await;
 
     stack.kill("firewall");
     restart_firewall(&mut stack).await;
@@ -344,12 +356,12 @@ async fn a_controller_restarted_within_the_lease_keeps_the_window_of_a_running_j
     );
     let windows = stack.open_windows().await.unwrap();
     assert_eq!(windows.len(), 1, "{windows:?}");
-    assert_eq!((windows[0].job, windows[0].address.as_str()), (job, OPS));
+    assert_eq!((windows[0].job, windows[0].address.as_str()), (job, OPS6));
     assert!(
         stack
             .net()
             .ops
-            .tcp_connects(HI_FOR_OPS, stack.nats.port(), 2)
+            .tcp_connects(HI_FOR_OPS6, stack.nats.port(), 2)
     );
 
     std::fs::write(hold.path().join("go"), b"").unwrap();
@@ -566,6 +578,35 @@ async fn a_table_the_controller_did_not_create_is_left_alone() {
     let log = stack.log("other");
     assert!(log.contains("was not created by arca-firewall"), "{log}");
     assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_configuration_replaces_the_table_in_one_step() {
+    if !can_run("a_changed_configuration_replaces_the_table_in_one_step") {
+        return;
+    }
+    let mut stack = Stack::start_net(LEASE).await.unwrap();
+    let port = stack.nats.port();
+    let before = stack.net().hi.ruleset().unwrap();
+    let extra = arca_testkit::free_port();
+    stack.kill("firewall");
+    stack
+        .write(
+            "firewall.toml",
+            &format!(
+                "id = \"{FIREWALL}\"\nbackend = \"nftables\"\ntable = \"arca\"\n\
+                 ports = [{port}, {extra}]\nguard-interfaces = [\"to-ops\", \"to-ops2\"]\n"
+            ),
+        )
+        .unwrap();
+    restart_firewall(&mut stack).await;
+    let after = stack.net().hi.ruleset().unwrap();
+    assert_ne!(after, before);
+    assert!(after.contains(&extra.to_string()), "{after}");
+    let tables = "{\"table\": {\"family\": \"inet\", \"name\": \"arca\"";
+    assert_eq!(after.matches(tables).count(), 1, "{after}");
+    assert!(stack.log("firewall").contains("replacing it"));
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS, port, 2));
 }
 
 /// Runs everywhere (`none` backend): a firewall on the path that does not

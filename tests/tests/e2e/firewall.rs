@@ -440,8 +440,8 @@ async fn failed_jobs_leave_the_ruleset_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own() {
-    if !can_run("a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own") {
+async fn a_system_behind_two_firewalls_one_on_a_router() {
+    if !can_run("a_system_behind_two_firewalls_one_on_a_router") {
         return;
     }
     let mut stack = Stack::start_net(LEASE).await.unwrap();
@@ -543,6 +543,44 @@ async fn a_controller_on_a_router_guards_forwarded_traffic_in_a_table_of_its_own
     )
     .await
     .unwrap();
+    assert!(!stack.net().ops.tcp_connects(OPS2, port, 2));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+
+    // A job of a system behind both firewalls opens both, in order, and
+    // closes both, in reverse order.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), b"behind two firewalls").unwrap();
+    let hold = tempfile::tempdir().unwrap();
+    let mut s = held_system("ops", OPS, data.path(), &hold.path().join("go"));
+    s.firewalls = vec![FIREWALL.into(), "router".into()];
+    stack.load_systems(vec![s]).await.unwrap();
+    stack.start_agent_in("ops", Zone::Ops, HI_FOR_OPS).unwrap();
+    let job = stack.backup(&["ops"]).await.unwrap()[0];
+    wait_step(&stack, job, JobStep::Preparing).await;
+    let nats_port = stack.nats.port();
+    assert!(stack.net().ops.tcp_connects(HI_FOR_OPS, nats_port, 2));
+    assert!(stack.net().ops.tcp_connects(OPS2, port, 2));
+    std::fs::write(hold.path().join("go"), b"").unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    let windows: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::WindowOpened { firewall, .. } => Some(format!("opened {firewall}")),
+            EventDetail::WindowClosed { firewall } => Some(format!("closed {firewall}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            "opened local",
+            "opened router",
+            "closed router",
+            "closed local"
+        ]
+    );
+    assert!(!stack.net().ops.tcp_connects(HI_FOR_OPS, nats_port, 2));
     assert!(!stack.net().ops.tcp_connects(OPS2, port, 2));
     assert_eq!(stack.net().hi.ruleset().unwrap(), before);
 }

@@ -6,8 +6,16 @@
 //! is kept only when its job's record says `running` and lists this
 //! firewall in `open-windows`. Everything else is removed at once. When the
 //! records cannot be read, nothing counts as running: the controller fails
-//! closed, and a running job loses its window (its renewals then fail, and
-//! the job fails rather than run unguarded).
+//! closed: a running job loses its window, its renewals are refused (the
+//! controller never reopens a window on renewal), and the job fails when
+//! its agent can no longer be reached, rather than run unguarded.
+//!
+//! The records are the scheduler's own persisted view (each firewall is
+//! added to `open-windows` before it is asked to open, and removed only
+//! after it confirmed closing), so they never miss a window the scheduler
+//! may still use; asking the scheduler over NATS instead would fail
+//! whenever the scheduler is down, which is exactly when stale pairs are
+//! most likely.
 
 use std::collections::HashSet;
 

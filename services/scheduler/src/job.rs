@@ -180,13 +180,26 @@ impl Driver {
                 address: system.address.clone(),
                 lease_secs: cfg.lease_secs,
             };
-            let r: WindowReply = rpc::retry(Duration::from_secs(10), || {
+            let r: WindowReply = match rpc::retry(Duration::from_secs(10), || {
                 rpc::request(&client, subject::firewall(fw, FirewallVerb::Open), &req)
             })
             .await
-            .map_err(|e| {
-                StepError::new("window-opened", format!("firewall {fw} did not open: {e}"))
-            })?;
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // Its close is still attempted (it may have opened
+                    // without answering), but last: the windows that did
+                    // open close first, without waiting for it.
+                    if let Some(last) = self.rec.open_windows.pop() {
+                        self.rec.open_windows.insert(0, last);
+                        self.save().await;
+                    }
+                    return Err(StepError::new(
+                        "window-opened",
+                        format!("firewall {fw} did not open: {e}"),
+                    ));
+                }
+            };
             self.event(EventDetail::WindowOpened {
                 firewall: fw.clone(),
                 backend: r.backend,

@@ -106,7 +106,6 @@ impl Config {
 
 struct Controller {
     config: Config,
-    client: Client,
     backend: Arc<dyn Backend>,
     windows: Mutex<HashMap<JobId, WindowInfo>>,
     /// Serialises backend operations with the window map.
@@ -147,14 +146,8 @@ pub async fn run(
             Arc::new(NftBackend::new(nft))
         }
     };
-    let ctl = Arc::new(Controller {
-        config: config.clone(),
-        client: client.clone(),
-        backend,
-        windows: Mutex::new(HashMap::new()),
-        ops: tokio::sync::Mutex::new(()),
-    });
-    ctl.start().await?;
+    let ctl = Arc::new(Controller::new(config.clone(), backend));
+    ctl.start(&client).await?;
     let mut requests = client.subscribe(subject::firewall_all(&config.id)).await?;
     client.flush().await?;
     tracing::info!(id = %config.id, backend = ctl.backend.name(), "firewall controller ready");
@@ -165,8 +158,8 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = tick.tick() => ctl.expire(),
             Some(msg) = requests.next() => {
-                let c = ctl.clone();
-                tokio::spawn(async move { c.handle(msg).await });
+                let (c, client) = (ctl.clone(), client.clone());
+                tokio::spawn(async move { c.handle(&client, msg).await });
             }
             else => break,
         }
@@ -180,6 +173,15 @@ fn backend_error(e: BackendError) -> ErrorReply {
 }
 
 impl Controller {
+    fn new(config: Config, backend: Arc<dyn Backend>) -> Self {
+        Controller {
+            config,
+            backend,
+            windows: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Runs a blocking backend call off the async workers.
     async fn backend<T: Send + 'static>(
         &self,
@@ -200,13 +202,13 @@ impl Controller {
     }
 
     /// Puts filtering in place and reconciles the pairs found there.
-    async fn start(&self) -> anyhow::Result<()> {
+    async fn start(&self, client: &Client) -> anyhow::Result<()> {
         let _ops = self.ops.lock().await;
         let found = self.backend(|b| b.start()).await?;
         if found.is_empty() {
             return Ok(());
         }
-        let running = match reconcile::running_jobs(&self.client, &self.config.id).await {
+        let running = match reconcile::running_jobs(client, &self.config.id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read job records; closing every window found");
@@ -246,24 +248,22 @@ impl Controller {
         Ok(())
     }
 
-    async fn handle(&self, msg: Message) {
+    async fn handle(&self, client: &Client, msg: Message) {
         match FirewallVerb::parse(verb(&msg.subject)) {
-            Some(FirewallVerb::Open) => {
-                respond(&self.client, &msg, self.open(&msg.payload).await).await
-            }
+            Some(FirewallVerb::Open) => respond(client, &msg, self.open(&msg.payload).await).await,
             Some(FirewallVerb::Renew) => {
-                respond(&self.client, &msg, self.renew(&msg.payload).await).await
+                respond(client, &msg, self.renew(&msg.payload).await).await
             }
             Some(FirewallVerb::Close) => {
-                respond(&self.client, &msg, self.close(&msg.payload).await).await
+                respond(client, &msg, self.close(&msg.payload).await).await
             }
-            Some(FirewallVerb::Status) => respond(&self.client, &msg, Ok(self.status())).await,
+            Some(FirewallVerb::Status) => respond(client, &msg, Ok(self.status())).await,
             None => {
                 let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
                     "unknown verb in {}",
                     msg.subject
                 )));
-                respond(&self.client, &msg, r).await
+                respond(client, &msg, r).await
             }
         }
     }
@@ -446,6 +446,171 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Element;
+    use arca_schemas::codec;
+    use std::collections::HashSet;
+
+    /// A backend that keeps the open pairs in memory, with their leases.
+    #[derive(Default)]
+    struct Recorder {
+        open: Mutex<HashMap<Pair, (Duration, String)>>,
+    }
+
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn start(&self) -> Result<Vec<Element>, BackendError> {
+            Ok(Vec::new())
+        }
+        fn open(&self, pairs: &[Pair], lease: Duration, tag: &str) -> Result<(), BackendError> {
+            let mut open = self.open.lock().unwrap();
+            for p in pairs {
+                open.insert(*p, (lease, tag.to_owned()));
+            }
+            Ok(())
+        }
+        fn close(&self, pairs: &[Pair]) -> Result<(), BackendError> {
+            let mut open = self.open.lock().unwrap();
+            for p in pairs {
+                open.remove(p);
+            }
+            Ok(())
+        }
+    }
+
+    fn controller() -> (Controller, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let mut config: Config = toml::from_str("id = \"t\"\nbackend = \"none\"\n").unwrap();
+        config.ports = vec![4222, 7422];
+        (Controller::new(config, rec.clone()), rec)
+    }
+
+    fn open_req(job: JobId, address: &str, lease_secs: u64) -> Vec<u8> {
+        codec::encode(&OpenWindow {
+            job,
+            system: "web01".into(),
+            address: address.into(),
+            lease_secs,
+        })
+        .unwrap()
+    }
+
+    fn addresses(rec: &Recorder) -> HashSet<String> {
+        rec.open
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|p| format!("{}:{}", p.address, p.port))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn open_renew_close_drive_the_backend() {
+        let (ctl, rec) = controller();
+        let job = JobId::new();
+        ctl.open(&open_req(job, "10.0.0.5", 30)).await.unwrap();
+        assert_eq!(
+            addresses(&rec),
+            HashSet::from(["10.0.0.5:4222".into(), "10.0.0.5:7422".into()])
+        );
+        let tag = rec.open.lock().unwrap().values().next().unwrap().1.clone();
+        assert_eq!(reconcile::parse_tag(&tag), Some((job, "web01".into())));
+        let renew = codec::encode(&RenewWindow {
+            job,
+            lease_secs: 90,
+        })
+        .unwrap();
+        ctl.renew(&renew).await.unwrap();
+        assert!(
+            rec.open
+                .lock()
+                .unwrap()
+                .values()
+                .all(|(l, _)| l.as_secs() == 90)
+        );
+        assert_eq!(ctl.status().windows.len(), 1);
+        let close = codec::encode(&CloseWindow { job }).unwrap();
+        assert!(ctl.close(&close).await.unwrap().was_open);
+        assert!(addresses(&rec).is_empty());
+        assert!(
+            !ctl.close(&close).await.unwrap().was_open,
+            "closing twice succeeds"
+        );
+        let e = ctl.renew(&renew).await.unwrap_err();
+        assert_eq!(
+            e.code,
+            ErrorCode::NotFound,
+            "a closed window is not renewed"
+        );
+        assert!(addresses(&rec).is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_requests_change_nothing() {
+        let (ctl, rec) = controller();
+        for (address, lease) in [
+            ("not-an-address", 30),
+            ("10.0.0.5", 0),
+            ("10.0.0.5", 999_999),
+        ] {
+            let e = ctl
+                .open(&open_req(JobId::new(), address, lease))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{address} {lease}");
+        }
+        assert!(addresses(&rec).is_empty());
+        assert!(ctl.status().windows.is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_jobs_of_one_address_share_its_pairs_until_the_last_closes() {
+        let (ctl, rec) = controller();
+        let (a, b) = (JobId::new(), JobId::new());
+        ctl.open(&open_req(a, "fd00::5", 30)).await.unwrap();
+        ctl.open(&open_req(b, "fd00::5", 30)).await.unwrap();
+        ctl.close(&codec::encode(&CloseWindow { job: a }).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(addresses(&rec).len(), 2, "b still needs the pairs");
+        ctl.close(&codec::encode(&CloseWindow { job: b }).unwrap())
+            .await
+            .unwrap();
+        assert!(addresses(&rec).is_empty());
+    }
+
+    #[tokio::test]
+    async fn opening_again_with_another_address_moves_the_window() {
+        let (ctl, rec) = controller();
+        let job = JobId::new();
+        ctl.open(&open_req(job, "10.0.0.5", 30)).await.unwrap();
+        ctl.open(&open_req(job, "10.0.0.6", 30)).await.unwrap();
+        assert_eq!(
+            addresses(&rec),
+            HashSet::from(["10.0.0.6:4222".into(), "10.0.0.6:7422".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_window_whose_lease_ran_out_is_forgotten_and_not_renewed() {
+        let (ctl, _rec) = controller();
+        let job = JobId::new();
+        ctl.open(&open_req(job, "10.0.0.5", 1)).await.unwrap();
+        // The lease is wall-clock time (the kernel's timer runs in real time).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let renew = codec::encode(&RenewWindow {
+            job,
+            lease_secs: 30,
+        })
+        .unwrap();
+        assert_eq!(
+            ctl.renew(&renew).await.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        ctl.expire();
+        assert!(ctl.status().windows.is_empty());
+    }
 
     #[test]
     fn config_keys() {

@@ -3,6 +3,10 @@
 //! Fixtures (`arca_e2e`): `Stack::start()` runs nats-server, scheduler,
 //! firewall controller (`none` backend) and media in a temporary folder;
 //! `Stack::start_agent` adds the agent of a system, as root or as nobody.
+//! `Stack::start_net(lease)` runs nats-server, scheduler, media and an
+//! nftables controller in a high-trust network namespace joined by veth to
+//! two operations-center namespaces (`Net`: `hi`, `ops`, `ops2`), where
+//! `Stack::start_agent_in` starts agents behind the closed port.
 //! Service binaries must be built first (`cargo build --workspace --bins`,
 //! which `ops/test` does).
 //!

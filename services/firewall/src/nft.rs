@@ -47,8 +47,10 @@
 //! # Facts checked with nft 1.0.6 (Debian bookworm) in a network namespace
 //!
 //! - Re-adding an existing element with `add element ... timeout 30s`
-//!   resets its timeout on a recent kernel (6.x), but older kernels keep
-//!   the old timeout silently. Renewal therefore sends, in one `nft -f`
+//!   reset its timeout on the kernel it was checked on (6.18); kernels
+//!   from before nf_tables could update an element's timeout keep the old
+//!   one without an error, so renewal does not rely on it and sends, in one
+//!   `nft -f`
 //!   transaction, `add` (so the element exists), `delete`, and `add` with
 //!   the new timeout: atomic, so no packet sees the pair missing, and it
 //!   works whether or not the element had already expired.

@@ -50,10 +50,9 @@
 //!   reset its timeout on the kernel it was checked on (6.18); kernels
 //!   from before nf_tables could update an element's timeout keep the old
 //!   one without an error, so renewal does not rely on it and sends, in one
-//!   `nft -f`
-//!   transaction, `add` (so the element exists), `delete`, and `add` with
-//!   the new timeout: atomic, so no packet sees the pair missing, and it
-//!   works whether or not the element had already expired.
+//!   `nft -f` transaction, `add` (so the element exists), `delete`, and
+//!   `add` with the new timeout: atomic, so no packet sees the pair
+//!   missing, and it works whether or not the element had already expired.
 //! - Closing likewise sends `add` then `delete`, so closing a pair that
 //!   expired a moment ago is not an error.
 //! - Element comments (`comment "job=..."`) and table comments are kept

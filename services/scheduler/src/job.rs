@@ -4,7 +4,7 @@
 //! the clean-up runs: the post hook whenever the pre hook was started, and
 //! every window this job opened is closed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arca_runtime::rpc::{self, RpcError};
@@ -34,6 +34,9 @@ struct Driver {
     sched: Arc<Scheduler>,
     rec: JobRecord,
     started: Instant,
+    /// Firewalls that confirmed opening this job's window: the ones the
+    /// renewer renews.
+    confirmed: Arc<Mutex<Vec<String>>>,
 }
 
 /// Drives a queued job to its end.
@@ -42,6 +45,7 @@ pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord) {
         sched,
         rec,
         started: Instant::now(),
+        confirmed: Default::default(),
     };
     d.rec.status = JobStatus::Running;
     d.save().await;
@@ -52,8 +56,26 @@ pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord) {
             return;
         }
     };
-    let renewer = tokio::spawn(renew_leases(d.sched.clone(), d.rec.clone(), system.clone()));
-    let result = d.steps(&system, &renewer).await;
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let renewer = tokio::spawn(renew_leases(
+        d.sched.clone(),
+        d.rec.clone(),
+        d.confirmed.clone(),
+        lost_tx,
+    ));
+    // A window lost while the job runs stops the job: it must not go on
+    // unguarded, and its agent can no longer be reached anyway.
+    let result = tokio::select! {
+        r = d.steps(&system) => r,
+        Ok(fw) = lost_rx => Err(StepError::new(
+            "window-renewed",
+            format!(
+                "firewall {fw} no longer holds this job's window (its lease ran out, or the \
+                 controller restarted and found the job not running); the job stops rather \
+                 than run unguarded"
+            ),
+        )),
+    };
     let err = result.err();
     if let Some(e) = &err {
         d.event(EventDetail::StepFailed {
@@ -75,6 +97,7 @@ pub(crate) async fn abandon(sched: Arc<Scheduler>, rec: JobRecord) {
         sched,
         rec,
         started: Instant::now(),
+        confirmed: Default::default(),
     };
     let cleanup = match d.sched.system(&d.rec.system).await {
         Ok(system) => d.cleanup(&system).await,
@@ -159,11 +182,7 @@ impl Driver {
         }
     }
 
-    async fn steps(
-        &mut self,
-        system: &SystemConfig,
-        _renewer: &tokio::task::JoinHandle<()>,
-    ) -> Result<(), StepError> {
+    async fn steps(&mut self, system: &SystemConfig) -> Result<(), StepError> {
         let cfg = self.sched.config.clone();
         let client = self.sched.client.clone();
 
@@ -200,6 +219,10 @@ impl Driver {
                     ));
                 }
             };
+            self.confirmed
+                .lock()
+                .expect("confirmed lock")
+                .push(fw.clone());
             self.event(EventDetail::WindowOpened {
                 firewall: fw.clone(),
                 backend: r.backend,
@@ -565,23 +588,30 @@ impl Driver {
     }
 }
 
-/// Renews the job's windows every third of a lease while the job runs;
-/// each renewal is a `window-renewed` event. A renewal that fails is
-/// logged and tried again at the next turn: the lease still bounds the
-/// window.
-async fn renew_leases(sched: Arc<Scheduler>, rec: JobRecord, system: SystemConfig) {
+/// Renews the job's confirmed windows every third of a lease while the job
+/// runs; each renewal is a `window-renewed` event. A renewal that fails for
+/// a passing reason is logged and tried again at the next turn (the lease
+/// still bounds the window); one refused because the controller no longer
+/// holds the window is reported on `lost`, and renewing stops.
+async fn renew_leases(
+    sched: Arc<Scheduler>,
+    rec: JobRecord,
+    confirmed: Arc<Mutex<Vec<String>>>,
+    lost: tokio::sync::oneshot::Sender<String>,
+) {
     let lease = sched.config.lease_secs;
     let every = Duration::from_secs((lease / 3).max(1));
     loop {
         tokio::time::sleep(every).await;
-        for fw in &system.firewalls {
+        let firewalls = confirmed.lock().expect("confirmed lock").clone();
+        for fw in firewalls {
             let req = RenewWindow {
                 job: rec.id,
                 lease_secs: lease,
             };
             let r: Result<WindowReply, RpcError> = rpc::request_with_timeout(
                 &sched.client,
-                subject::firewall(fw, FirewallVerb::Renew),
+                subject::firewall(&fw, FirewallVerb::Renew),
                 &req,
                 every,
             )
@@ -599,6 +629,11 @@ async fn renew_leases(sched: Arc<Scheduler>, rec: JobRecord, system: SystemConfi
                         },
                     )
                     .await
+                }
+                Err(RpcError::Remote(e)) if e.code == arca_schemas::ErrorCode::NotFound => {
+                    tracing::warn!(job = %rec.id, firewall = %fw, error = %e, "window lost");
+                    let _ = lost.send(fw);
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(job = %rec.id, firewall = %fw, error = %e, "lease not renewed")

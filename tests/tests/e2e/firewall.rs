@@ -299,6 +299,20 @@ async fn a_killed_controller_leaves_no_window_and_restarts_to_the_same_ruleset()
             .contains("nftables table in place; keeping it")
     );
 
+    // The restarted controller does not hold the job's window any more:
+    // the scheduler's next renewal is refused, and the job stops rather
+    // than run unguarded.
+    std::fs::write(hold.path().join("go"), b"").unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}");
+    let error = rec.error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&format!("firewall {FIREWALL} no longer holds")),
+        "{error}"
+    );
+    assert!(kinds(&events).contains(&"window-closed"));
+    assert_eq!(stack.net().hi.ruleset().unwrap(), before);
+
     // A pair of no running job, left by a controller that died, is removed
     // at start, long before its lease would end.
     let stray = OpenWindow {
@@ -329,7 +343,6 @@ async fn a_killed_controller_leaves_no_window_and_restarts_to_the_same_ruleset()
             .log("firewall")
             .contains("window of no running job found; closing it")
     );
-    let _ = job;
 }
 
 /// Starts the firewall controller again and waits until it answers.

@@ -66,6 +66,13 @@ pub enum EventDetail {
         /// When the lease runs out unless renewed.
         expires: DateTime<Utc>,
     },
+    /// The scheduler renewed a window's lease while the job runs.
+    WindowRenewed {
+        /// Firewall controller.
+        firewall: String,
+        /// When the renewed lease runs out unless renewed again.
+        expires: DateTime<Utc>,
+    },
     /// The agent answered.
     AgentPresent {
         /// Agent version.
@@ -169,6 +176,7 @@ impl EventDetail {
         match self {
             EventDetail::Selected { .. } => "selected",
             EventDetail::WindowOpened { .. } => "window-opened",
+            EventDetail::WindowRenewed { .. } => "window-renewed",
             EventDetail::AgentPresent { .. } => "agent-present",
             EventDetail::Prepared { .. } => "prepared",
             EventDetail::Progress { .. } => "progress",

@@ -1,5 +1,10 @@
 //! The whole stack for end-to-end tests: a real nats-server and every
 //! service as its own process, configured in a temporary folder.
+//!
+//! [`Stack::start`] runs everything on loopback with the `none` firewall
+//! backend. [`Stack::start_net`] runs nats-server, scheduler, media and an
+//! nftables firewall controller in a high-trust network namespace, with two
+//! operations-center namespaces joined to it by veth pairs (see [`Net`]).
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -12,14 +17,20 @@ use arca_schemas::event::JobEvent;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb, FirewallVerb, SchedulerVerb};
 use arca_schemas::{JobId, JobRecord, SystemConfig};
-use arca_testkit::{NatsServer, ServiceProcess, bin_path};
+use arca_testkit::netns::{self, End, Netns};
+use arca_testkit::{NatsOptions, NatsServer, ServiceProcess, bin_path};
 use futures::StreamExt;
 
 /// Firewall controller id every stack starts.
 pub const FIREWALL: &str = "local";
 
 /// The scheduler configuration every stack starts with.
-const SCHEDULER_CONFIG: &str = "lease-secs = 30\nagent-timeout-secs = 20\n";
+/// `absent` is a known firewall whose controller never runs: tests use it
+/// for a window that cannot open.
+const SCHEDULER_CONFIG: &str =
+    "lease-secs = 30\nagent-timeout-secs = 20\nfirewalls = [\"local\", \"absent\"]\n";
+/// [`SCHEDULER_CONFIG`] without its `firewalls` line, for tests that set their own.
+const SCHEDULER_BASE: &str = "lease-secs = 30\nagent-timeout-secs = 20\n";
 
 /// A running stack.
 pub struct Stack {
@@ -33,6 +44,96 @@ pub struct Stack {
     pub js: async_nats::jetstream::Context,
     services: HashMap<String, ServiceProcess>,
     commands: HashMap<String, (String, String)>,
+    /// The namespaces, for stacks made by [`Stack::start_net`]. Dropped
+    /// after the services.
+    pub net: Option<Net>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Services first, while their logs (in `dir`) still exist to be
+        // printed on failure.
+        self.services.clear();
+    }
+}
+
+/// The namespaces of [`Stack::start_net`]:
+///
+/// ```text
+///  test (root ns) --leg-- hi: nats-server, scheduler, media, firewall (nftables)
+///                         | to-ops   10.203.1.1/24  fd00:203:1::1/64
+///                         |   ops:   eth0 10.203.1.2/24  fd00:203:1::2/64
+///                         | to-ops2  10.203.2.1/24  fd00:203:2::1/64
+///                         |   ops2:  eth0 10.203.2.2/24  fd00:203:2::2/64
+/// ```
+///
+/// The controller guards traffic arriving on `to-ops` and `to-ops2`; the
+/// test's leg is high trust.
+pub struct Net {
+    /// High-trust namespace.
+    pub hi: Netns,
+    /// First operations-center namespace.
+    pub ops: Netns,
+    /// Second operations-center namespace.
+    pub ops2: Netns,
+}
+
+/// An operations-center namespace of [`Net`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// `ops`.
+    Ops,
+    /// `ops2`.
+    Ops2,
+}
+
+/// Address of `hi` on the `ops` side.
+pub const HI_FOR_OPS: &str = "10.203.1.1";
+/// IPv6 address of `hi` on the `ops` side.
+pub const HI_FOR_OPS6: &str = "fd00:203:1::1";
+/// Address of `ops`.
+pub const OPS: &str = "10.203.1.2";
+/// IPv6 address of `ops`.
+pub const OPS6: &str = "fd00:203:1::2";
+/// Address of `hi` on the `ops2` side.
+pub const HI_FOR_OPS2: &str = "10.203.2.1";
+/// Address of `ops2`.
+pub const OPS2: &str = "10.203.2.2";
+
+impl Net {
+    fn create() -> anyhow::Result<(Net, String)> {
+        let net = Net {
+            hi: Netns::create("hi")?,
+            ops: Netns::create("ops")?,
+            ops2: Netns::create("ops2")?,
+        };
+        netns::veth(
+            End {
+                ns: &net.hi,
+                ifname: "to-ops",
+                addrs: &["10.203.1.1/24", "fd00:203:1::1/64"],
+            },
+            End {
+                ns: &net.ops,
+                ifname: "eth0",
+                addrs: &["10.203.1.2/24", "fd00:203:1::2/64"],
+            },
+        )?;
+        netns::veth(
+            End {
+                ns: &net.hi,
+                ifname: "to-ops2",
+                addrs: &["10.203.2.1/24", "fd00:203:2::1/64"],
+            },
+            End {
+                ns: &net.ops2,
+                ifname: "eth0",
+                addrs: &["10.203.2.2/24", "fd00:203:2::2/64"],
+            },
+        )?;
+        let leg = netns::root_leg(&net.hi, "to-test")?;
+        Ok((net, leg))
+    }
 }
 
 /// How an agent process runs.
@@ -48,23 +149,65 @@ impl Stack {
     /// Starts nats-server, scheduler, firewall (`none` backend) and media.
     pub async fn start() -> anyhow::Result<Stack> {
         let nats = NatsServer::start().await?;
+        let mut stack = Stack::new(nats, None).await?;
+        stack.write("scheduler.toml", SCHEDULER_CONFIG)?;
+        stack.write(
+            "firewall.toml",
+            &format!("id = \"{FIREWALL}\"\nbackend = \"none\"\n"),
+        )?;
+        stack.start_services().await?;
+        Ok(stack)
+    }
+
+    /// Starts nats-server, scheduler, media and the firewall controller
+    /// (`nftables` backend, guarding the NATS port on the operations-center
+    /// side) in the high-trust namespace of a new [`Net`]. Windows are
+    /// leased for `lease_secs`.
+    pub async fn start_net(lease_secs: u64) -> anyhow::Result<Stack> {
+        let (net, leg) = Net::create()?;
+        let nats = NatsServer::start_with(NatsOptions {
+            listen: Some("::".into()),
+            netns: Some(net.hi.name().to_owned()),
+            connect_host: Some(leg),
+        })
+        .await?;
+        let port = nats.port();
+        let mut stack = Stack::new(nats, Some(net)).await?;
+        stack.write(
+            "scheduler.toml",
+            &format!(
+                "lease-secs = {lease_secs}\nagent-timeout-secs = 30\nfirewalls = [\"local\", \"absent\"]\n"
+            ),
+        )?;
+        stack.write(
+            "firewall.toml",
+            &format!(
+                "id = \"{FIREWALL}\"\nbackend = \"nftables\"\ntable = \"arca\"\nports = [{port}]\n\
+                 guard-interfaces = [\"to-ops\", \"to-ops2\"]\nmax-lease-secs = 600\n"
+            ),
+        )?;
+        stack.start_services().await?;
+        Ok(stack)
+    }
+
+    async fn new(nats: NatsServer, net: Option<Net>) -> anyhow::Result<Stack> {
         let dir = tempfile::Builder::new().prefix("arca-stack-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let client = nats.client().await;
         let js = async_nats::jetstream::new(client.clone());
-        let mut stack = Stack {
+        Ok(Stack {
             nats,
             dir,
             client,
             js,
             services: HashMap::new(),
             commands: HashMap::new(),
-        };
-        stack.write("scheduler.toml", SCHEDULER_CONFIG)?;
-        stack.write(
-            "firewall.toml",
-            &format!("id = \"{FIREWALL}\"\nbackend = \"none\"\n"),
-        )?;
+            net,
+        })
+    }
+
+    async fn start_services(&mut self) -> anyhow::Result<()> {
+        let stack = self;
         let repo = stack.repo_dir();
         stack.write(
             "media.toml",
@@ -74,7 +217,12 @@ impl Stack {
         stack.spawn("firewall", "arca-firewall", "firewall.toml")?;
         stack.spawn("media", "arca-media", "media.toml")?;
         stack.wait_ready().await?;
-        Ok(stack)
+        Ok(())
+    }
+
+    /// The namespaces (panics for a stack made by [`Stack::start`]).
+    pub fn net(&self) -> &Net {
+        self.net.as_ref().expect("a stack made by Stack::start_net")
     }
 
     /// Folder of the media repository.
@@ -82,23 +230,28 @@ impl Stack {
         self.dir.path().join("repo")
     }
 
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    /// Writes a file (a configuration) into the stack's folder.
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
         Ok(path)
     }
 
-    fn spawn(&mut self, name: &str, binary: &str, config: &str) -> anyhow::Result<()> {
-        let p = ServiceProcess::spawn(
-            binary,
-            ["--config", self.dir.path().join(config).to_str().unwrap()],
-            &[("NATS_URL", self.nats.url())],
-            self.dir.path(),
-        )?;
+    /// Starts (or restarts) a service of the stack: `scheduler`,
+    /// `firewall` or `media`; in the high-trust namespace for a
+    /// [`Stack::start_net`] stack.
+    pub fn spawn(&mut self, name: &str, binary: &str, config_name: &str) -> anyhow::Result<()> {
+        let config = self.dir.path().join(config_name);
+        let (mut cmd, url) = match &self.net {
+            None => (Command::new(bin_path(binary)), self.nats.url()),
+            Some(net) => (net.hi.command(bin_path(binary)), self.nats.local_url()),
+        };
+        cmd.arg("--config").arg(config);
+        let p = ServiceProcess::spawn_command(name, cmd, &[("NATS_URL", url)], self.dir.path())?;
         self.services.insert(name.to_owned(), p);
         self.commands
-            .insert(name.to_owned(), (binary.to_owned(), config.to_owned()));
+            .insert(name.to_owned(), (binary.to_owned(), config_name.to_owned()));
         Ok(())
     }
 
@@ -108,6 +261,55 @@ impl Stack {
         let (binary, config) = self.commands[name].clone();
         self.spawn(name, &binary, &config)?;
         self.wait_ready().await
+    }
+
+    /// Starts the agent of `system` in a namespace of [`Net`], reaching
+    /// NATS at `nats_host` (an address of `hi`), without waiting for it:
+    /// behind a closed window it cannot connect yet.
+    pub fn start_agent_in(
+        &mut self,
+        system: &str,
+        zone: Zone,
+        nats_host: &str,
+    ) -> anyhow::Result<()> {
+        let config = format!("agent-{system}.toml");
+        self.write(
+            &config,
+            &format!("system = \"{system}\"\nmedia-timeout-secs = 5\n"),
+        )?;
+        let net = self.net();
+        let ns = match zone {
+            Zone::Ops => &net.ops,
+            Zone::Ops2 => &net.ops2,
+        };
+        let mut cmd = ns.command(bin_path("arca-agent"));
+        cmd.args(["--config", self.dir.path().join(&config).to_str().unwrap()]);
+        let host = if nats_host.contains(':') {
+            format!("[{nats_host}]")
+        } else {
+            nats_host.to_owned()
+        };
+        let url = format!("nats://{host}:{}", self.nats.port());
+        let p = ServiceProcess::spawn_command(
+            &format!("agent-{system}"),
+            cmd,
+            &[("NATS_URL", url)],
+            self.dir.path(),
+        )?;
+        self.services.insert(format!("agent-{system}"), p);
+        Ok(())
+    }
+
+    /// True when the agent of `system` answers a ping within `timeout`.
+    pub async fn agent_answers(&self, system: &str, timeout: Duration) -> bool {
+        let r: Result<Pong, _> = rpc::request_with_timeout(
+            &self.client,
+            subject::agent(system, AgentVerb::Ping),
+            &Ping {},
+            timeout,
+        )
+        .await;
+        r.is_ok()
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -182,7 +384,12 @@ impl Stack {
         if let Some(p) = self.services.get_mut("scheduler") {
             p.kill();
         }
-        self.write("scheduler.toml", &format!("{SCHEDULER_CONFIG}{extra}\n"))?;
+        let base = if extra.contains("firewalls =") {
+            SCHEDULER_BASE
+        } else {
+            SCHEDULER_CONFIG
+        };
+        self.write("scheduler.toml", &format!("{base}{extra}\n"))?;
         let mut all = vec![("NATS_URL", self.nats.url())];
         all.extend(env.iter().cloned());
         let p = ServiceProcess::spawn(
@@ -263,6 +470,11 @@ impl Stack {
     /// Kills a service (`scheduler`, `firewall`, `media`, `agent-<system>`) with SIGKILL.
     pub fn kill(&mut self, name: &str) {
         self.services.get_mut(name).expect("service exists").kill();
+    }
+
+    /// True while a service runs.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.services.get_mut(name).is_some_and(|s| s.is_running())
     }
 
     /// A service's log.

@@ -79,6 +79,58 @@ pub async fn connect_with(
     Ok(client)
 }
 
+/// Connects as `name` and keeps trying, with the same short bounded
+/// back-off as reconnects, until a server answers; then checks its version.
+///
+/// For agents: behind a closed firewall window no server is reachable, and
+/// the agent must be present within seconds of the window opening rather
+/// than exit. Each attempt gives up after a few seconds (a closed window
+/// drops the connection attempt silently). Logs every half minute while it
+/// waits.
+pub async fn connect_patiently(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)))
+        // A connection cut by a closing window is noticed within about
+        // three ping intervals, and reconnecting starts.
+        .ping_interval(Duration::from_secs(10))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((250 * attempt as u64).min(2_000))
+        });
+    let client = options
+        .connect(url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    let started = std::time::Instant::now();
+    let mut said = Duration::ZERO;
+    while client.connection_state() != async_nats::connection::State::Connected
+        || client.server_info().version.is_empty()
+    {
+        if started.elapsed() >= said + Duration::from_secs(30) {
+            said = started.elapsed();
+            tracing::info!(
+                %url,
+                waited_secs = said.as_secs(),
+                "NATS not reachable yet (a closed firewall window looks like this); still trying"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let found = client.server_info().version;
+    if !version_supported(&found) {
+        return Err(NatsError::TooOld {
+            url: url.to_owned(),
+            found,
+        });
+    }
+    Ok(client)
+}
+
 /// The NATS URL from `NATS_URL`, or the local default.
 pub fn default_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())

@@ -5,13 +5,16 @@
 //!   printed when the test fails.
 //! - [`process::ServiceProcess`]: a service binary of this workspace running
 //!   as a child process; killed on drop, its log printed when the test fails.
+//! - [`netns`]: network namespaces joined by veth pairs, for tests with
+//!   real nftables in between; they say so when they cannot run.
 //! - [`tree`]: build file trees and compare two trees in content and metadata.
 
 pub mod nats;
+pub mod netns;
 pub mod process;
 pub mod tree;
 
-pub use nats::NatsServer;
+pub use nats::{NatsOptions, NatsServer};
 pub use process::{ServiceProcess, bin_path};
 
 /// A free TCP port on the loopback interface.

@@ -15,23 +15,48 @@ pub const INSTALL_HINT: &str = "install the pinned nats-server with `ops/install
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    host: String,
     dir: tempfile::TempDir,
     log: PathBuf,
+}
+
+/// Where a server listens, for tests across network namespaces.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Host to listen on (e.g. `::` for every address of the namespace);
+    /// `None`: `127.0.0.1`, as [`NatsServer::start`].
+    pub listen: Option<String>,
+    /// Network namespace to run the server in (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Address the test reaches the server at (for [`NatsServer::url`]);
+    /// `None`: `127.0.0.1`.
+    pub connect_host: Option<String>,
 }
 
 impl NatsServer {
     /// Starts a server on a free loopback port and waits until JetStream answers.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(NatsOptions::default()).await
+    }
+
+    /// Starts a server as `options` say and waits until JetStream answers
+    /// at [`NatsServer::url`].
+    pub async fn start_with(options: NatsOptions) -> anyhow::Result<Self> {
         let binary = find_server()?;
         let dir = tempfile::Builder::new().prefix("arca-nats-").tempdir()?;
+        let host = options
+            .connect_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
         let mut last = None;
         for _ in 0..3 {
             let port = crate::free_port();
-            match Self::spawn(&binary, dir.path(), port).await {
+            match Self::spawn(&binary, dir.path(), port, &options, &host).await {
                 Ok((child, log)) => {
                     return Ok(NatsServer {
                         child: Some(child),
                         port,
+                        host,
                         dir,
                         log,
                     });
@@ -42,20 +67,38 @@ impl NatsServer {
         Err(last.expect("tried at least once"))
     }
 
-    async fn spawn(binary: &Path, dir: &Path, port: u16) -> anyhow::Result<(Child, PathBuf)> {
+    async fn spawn(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        options: &NatsOptions,
+        host: &str,
+    ) -> anyhow::Result<(Child, PathBuf)> {
         let store = dir.join("jetstream");
         let conf = dir.join("nats.conf");
+        let listen = match &options.listen {
+            None => format!("listen: 127.0.0.1:{port}"),
+            Some(h) => format!("host: \"{h}\"\nport: {port}"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\nserver_name: arca-test-{port}\nmax_payload: 8MB\n\
+                "{listen}\nserver_name: arca-test-{port}\nmax_payload: 8MB\n\
                  jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n",
                 store.display()
             ),
         )?;
         let log = dir.join(format!("nats-{port}.log"));
         let out = std::fs::File::create(&log)?;
-        let mut child = Command::new(binary)
+        let mut command = match &options.netns {
+            None => Command::new(binary),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+        };
+        let mut child = command
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -63,7 +106,7 @@ impl NatsServer {
             .stderr(out)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let url = format!("nats://127.0.0.1:{port}");
+        let url = format!("nats://{}", host_port(host, port));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -89,8 +132,14 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<connect host>:<port>` (`127.0.0.1` unless set in [`NatsOptions`]).
     pub fn url(&self) -> String {
+        format!("nats://{}", host_port(&self.host, self.port))
+    }
+
+    /// `nats://127.0.0.1:<port>`: the URL from inside the server's own
+    /// namespace.
+    pub fn local_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -126,6 +175,14 @@ impl Drop for NatsServer {
         if std::thread::panicking() {
             eprintln!("---- nats-server log ({}) ----\n{}", self.url(), self.log());
         }
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

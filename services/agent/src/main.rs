@@ -19,7 +19,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-agent");
     let config: arca_agent::Config = arca_runtime::config::load(&args.config)?;
-    let client =
-        arca_runtime::connect(&args.nats_url, &format!("arca-agent-{}", config.system)).await?;
+    // Behind a closed firewall window the server is unreachable: keep
+    // trying, so that the agent is present soon after the window opens.
+    let client = arca_runtime::nats::connect_patiently(
+        &args.nats_url,
+        &format!("arca-agent-{}", config.system),
+    )
+    .await?;
     arca_agent::run(config, client, arca_runtime::shutdown::signal()).await
 }

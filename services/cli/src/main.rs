@@ -235,8 +235,8 @@ enum CatalogCommand {
 enum FirewallCommand {
     /// Guarded ports and open windows of controllers.
     Status {
-        /// Controller ids.
-        #[arg(required = true)]
+        /// Controller ids; without any, every controller named by a
+        /// registered system.
         firewalls: Vec<String>,
     },
 }
@@ -646,7 +646,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Firewall(FirewallCommand::Status { firewalls }) => {
+        Command::Firewall(FirewallCommand::Status { mut firewalls }) => {
+            if firewalls.is_empty() {
+                let r: ListSystemsReply =
+                    call(&client, s, SchedulerVerb::ListSystems, &ListSystems {}).await?;
+                let mut ids: Vec<String> =
+                    r.systems.into_iter().flat_map(|s| s.firewalls).collect();
+                ids.sort();
+                ids.dedup();
+                if ids.is_empty() {
+                    println!("no registered system names a firewall controller");
+                }
+                firewalls = ids;
+            }
             for fw in firewalls {
                 let r: Result<FirewallStatusReply, RpcError> = rpc::request(
                     &client,
@@ -666,7 +678,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         for w in st.windows {
                             let left = (w.expires - chrono::Utc::now()).num_seconds().max(0);
                             println!(
-                                "  open for {} ({}) job {} lease {}s left",
+                                "  open for {} ({}) job {}, lease {}s left",
                                 w.system, w.address, w.job, left
                             );
                         }
@@ -822,6 +834,10 @@ fn print_event(e: &JobEvent) {
         } => {
             format!("window opened on {firewall} ({backend}) for {address}")
         }
+        EventDetail::WindowRenewed { firewall, expires } => format!(
+            "window renewed on {firewall} until {}",
+            expires.format("%H:%M:%S")
+        ),
         EventDetail::AgentPresent { version } => format!("agent present (version {version})"),
         EventDetail::Prepared {
             phase,

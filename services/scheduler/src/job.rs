@@ -27,7 +27,7 @@
 //! transfer; a backup stopped this way commits no snapshot), then cleans up
 //! as after a failure and ends `cancelled`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arca_runtime::rpc::{self, RpcError};
@@ -69,6 +69,9 @@ struct Driver {
     rec: JobRecord,
     cancel: watch::Receiver<bool>,
     cancel_noted: bool,
+    /// Firewalls that confirmed opening this job's window: the ones the
+    /// renewer renews.
+    confirmed: Arc<Mutex<Vec<String>>>,
 }
 
 /// Resolves once a cancel is signalled (never when the sender is gone).
@@ -90,6 +93,7 @@ pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord, cancel: watch::
         rec,
         cancel,
         cancel_noted: false,
+        confirmed: Default::default(),
     };
     d.rec.status = JobStatus::Running;
     d.enter(JobStep::Selected).await;
@@ -118,8 +122,12 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
         rec,
         cancel,
         cancel_noted: false,
+        // Windows opened before the restart are renewed again; one whose
+        // lease ran out meanwhile stops the job.
+        confirmed: Default::default(),
     };
     d.cancel_noted = d.rec.cancel_requested;
+    *d.confirmed.lock().expect("confirmed lock") = d.rec.open_windows.clone();
     d.rec.resumed += 1;
     d.save().await;
     tracing::warn!(job = %d.rec.id, step = ?d.rec.step, "picking up a job interrupted by a stop");
@@ -184,12 +192,27 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
 impl Driver {
     /// Runs the steps, then the clean-up, then ends the job.
     async fn run(&mut self, system: &SystemConfig) {
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
         let renewer = tokio::spawn(renew_leases(
             self.sched.clone(),
             self.rec.clone(),
-            system.clone(),
+            self.confirmed.clone(),
+            lost_tx,
         ));
-        if let Err(e) = self.steps(system).await {
+        // A window lost while the job runs stops the job: it must not go on
+        // unguarded, and its agent can no longer be reached anyway.
+        let result = tokio::select! {
+            r = self.steps(system) => r,
+            Ok(fw) = lost_rx => Err(StepError::new(
+                "window-renewed",
+                format!(
+                    "firewall {fw} no longer holds this job's window (its lease ran out, or the \
+                     controller restarted and found the job not running); the job stops rather \
+                     than run unguarded"
+                ),
+            )),
+        };
+        if let Err(e) = result {
             if e.cancelled {
                 self.note_cancel().await;
             } else {
@@ -325,13 +348,32 @@ impl Driver {
                 address: system.address.clone(),
                 lease_secs: cfg.lease_secs,
             };
-            let r: WindowReply = rpc::retry(retry, || {
+            let r: WindowReply = match rpc::retry(retry, || {
                 rpc::request(&client, subject::firewall(fw, FirewallVerb::Open), &req)
             })
             .await
-            .map_err(|e| {
-                StepError::new("window-opened", format!("firewall {fw} did not open: {e}"))
-            })?;
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // Its close is still attempted (it may have opened
+                    // without answering), but last: the windows that did
+                    // open close first, without waiting for it.
+                    if let Some(last) = self.rec.open_windows.pop() {
+                        self.rec.open_windows.insert(0, last);
+                        self.save().await;
+                    }
+                    return Err(StepError::new(
+                        "window-opened",
+                        format!("firewall {fw} did not open: {e}"),
+                    ));
+                }
+            };
+            {
+                let mut confirmed = self.confirmed.lock().expect("confirmed lock");
+                if !confirmed.contains(fw) {
+                    confirmed.push(fw.clone());
+                }
+            }
             self.event(EventDetail::WindowOpened {
                 firewall: fw.clone(),
                 backend: r.backend,
@@ -857,25 +899,56 @@ impl Driver {
     }
 }
 
-/// Renews the job's windows every third of a lease while the job runs.
-async fn renew_leases(sched: Arc<Scheduler>, rec: JobRecord, system: SystemConfig) {
+/// Renews the job's confirmed windows every third of a lease while the job
+/// runs; each renewal is a `window-renewed` event. A renewal that fails for
+/// a passing reason is logged and tried again at the next turn (the lease
+/// still bounds the window); one refused because the controller no longer
+/// holds the window is reported on `lost`, and renewing stops.
+async fn renew_leases(
+    sched: Arc<Scheduler>,
+    rec: JobRecord,
+    confirmed: Arc<Mutex<Vec<String>>>,
+    lost: tokio::sync::oneshot::Sender<String>,
+) {
     let lease = sched.config.lease_secs;
     let every = Duration::from_secs((lease / 3).max(1));
     loop {
         tokio::time::sleep(every).await;
-        for fw in &system.firewalls {
+        let firewalls = confirmed.lock().expect("confirmed lock").clone();
+        for fw in firewalls {
             let req = RenewWindow {
                 job: rec.id,
                 lease_secs: lease,
             };
-            let r: Result<WindowReply, RpcError> = rpc::request(
+            let r: Result<WindowReply, RpcError> = rpc::request_with_timeout(
                 &sched.client,
-                subject::firewall(fw, FirewallVerb::Renew),
+                subject::firewall(&fw, FirewallVerb::Renew),
                 &req,
+                every,
             )
             .await;
-            if let Err(e) = r {
-                tracing::debug!(job = %rec.id, firewall = %fw, error = %e, "lease not renewed");
+            match r {
+                Ok(r) => {
+                    arca_runtime::events::publish(
+                        &sched.state.js,
+                        rec.id,
+                        rec.kind,
+                        &rec.system,
+                        EventDetail::WindowRenewed {
+                            firewall: fw.clone(),
+                            expires: r.expires,
+                        },
+                    )
+                    .await
+                }
+                Err(RpcError::Remote(e)) if e.code == arca_schemas::ErrorCode::NotFound => {
+                    tracing::warn!(job = %rec.id, firewall = %fw, error = %e, "window lost");
+                    let _ = lost.send(fw);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(job = %rec.id, firewall = %fw, error = %e, "lease not renewed")
+                }
             }
         }
     }

@@ -3,6 +3,10 @@
 //! Fixtures (`arca_e2e`): `Stack::start()` runs nats-server, scheduler,
 //! firewall controller (`none` backend) and media in a temporary folder;
 //! `Stack::start_agent` adds the agent of a system, as root or as nobody.
+//! `Stack::start_net(lease)` runs nats-server, scheduler, media and an
+//! nftables controller in a high-trust network namespace joined by veth to
+//! two operations-center namespaces (`Net`: `hi`, `ops`, `ops2`), where
+//! `Stack::start_agent_in` starts agents behind the closed port.
 //! Service binaries must be built first (`cargo build --workspace --bins`,
 //! which `ops/test` does).
 //!
@@ -18,11 +22,15 @@
 //! - `registry`: `arca system ...`, `arca jobs`, `arca catalog rebuild`.
 //! - `dashboard`: every event of real jobs validated against its JSON
 //!   Schema by a Python client (nats-py).
+//! - `firewall`: nftables windows between network namespaces
+//!   (`Stack::start_net`; skipped with a message when not root or without
+//!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
 
 mod bad_input;
 mod crash;
 mod dashboard;
 mod events;
+mod firewall;
 mod hooks;
 mod registry;
 mod repository;

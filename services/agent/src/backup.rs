@@ -1,12 +1,15 @@
 //! Reading the system's paths and streaming them to media.
 //!
 //! A blocking reader thread walks the paths (folders before what they
-//! hold, names sorted), cuts each file into content-defined chunks
-//! (FastCDC), hashes and compresses them, and hands frames over a bounded
-//! channel to the sender. The sender keeps at most `window` chunks
-//! unacknowledged; media acknowledges each after a durable write. The tree
-//! goes last, as tree chunks, and the snapshot is committed only after
-//! every acknowledgement has arrived.
+//! hold, names sorted), takes files unchanged since the parent snapshot
+//! from it without reading them, cuts the others into content-defined
+//! chunks (FastCDC) and hashes them with the system's key. It asks media in
+//! batches which chunks it already holds and hands only the others over a
+//! bounded channel to the sender, which compresses them (on as many threads
+//! as chunks in flight) and keeps at most `window` chunks unacknowledged;
+//! media acknowledges each after a durable write. The tree goes last, as
+//! tree chunks, and the snapshot is committed only after every
+//! acknowledgement has arrived.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -54,9 +57,10 @@ pub fn chunker<R: std::io::Read>(source: R, p: &ChunkParams) -> fastcdc::v2020::
 const TREE_BATCH: usize = 4096;
 
 enum Item {
+    /// Plain bytes; the sender compresses them.
     Chunk {
         id: ChunkId,
-        frame: Vec<u8>,
+        data: Vec<u8>,
         tree: bool,
     },
     Done {
@@ -124,11 +128,18 @@ pub async fn run(
             }
             item = rx.recv(), if in_flight.len() < window && tree.is_none() => {
                 match item {
-                    Some(Item::Chunk { id, frame, tree }) => {
-                        let body = PutChunk { session: req.session.clone(), id, tree, frame };
+                    Some(Item::Chunk { id, data, tree }) => {
+                        let session = req.session.clone();
                         let subject = put_subject.clone();
                         let client = client.clone();
+                        let level = params.level;
                         in_flight.push(async move {
+                            // Compression runs beside the reader, on as many
+                            // threads as there are chunks in flight.
+                            let frame = tokio::task::spawn_blocking(move || frame::encode(&data, level))
+                                .await
+                                .map_err(|e| RpcError::Transport { subject: subject.clone(), message: format!("compression failed: {e}") })?;
+                            let body = PutChunk { session, id, tree, frame };
                             let wire = body.frame.len();
                             let r = rpc::retry(Duration::from_secs(30), || {
                                 rpc::request_with_timeout::<_, ChunkStored>(&client, subject.clone(), &body, timeout)
@@ -487,9 +498,8 @@ impl Reader<'_> {
             if have {
                 continue;
             }
-            let frame = frame::encode(&data, self.params.level);
             self.tx
-                .blocking_send(Item::Chunk { id, frame, tree })
+                .blocking_send(Item::Chunk { id, data, tree })
                 .map_err(|_| ErrorReply::internal("transfer stopped"))?;
         }
         Ok(())

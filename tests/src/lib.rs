@@ -477,6 +477,11 @@ impl Stack {
         self.services.get_mut(name).is_some_and(|s| s.is_running())
     }
 
+    /// Process id of a service (`agent-<system>` for an agent).
+    pub fn pid(&self, name: &str) -> u32 {
+        self.services[name].pid()
+    }
+
     /// A service's log.
     pub fn log(&self, name: &str) -> String {
         self.services.get(name).map(|s| s.log()).unwrap_or_default()

@@ -165,7 +165,7 @@ pub async fn run(
     let read = reader.await;
     let (stats, file_errors) = {
         let p = progress.lock().expect("progress lock");
-        (p.stats.clone(), p.file_errors.clone())
+        (p.stats.clone(), crate::cap_file_errors(&p.file_errors))
     };
     let outcome = |snapshot, error| TransferOutcome {
         stats: stats.clone(),

@@ -96,6 +96,26 @@ impl Config {
     }
 }
 
+/// Most file errors a transfer reports one by one; the rest are counted
+/// in a last entry (messages must stay within the server's max_payload).
+pub const MAX_FILE_ERRORS: usize = 1000;
+
+/// Keeps the first [`MAX_FILE_ERRORS`] errors and counts the others.
+pub fn cap_file_errors(errors: &[FileError]) -> Vec<FileError> {
+    if errors.len() <= MAX_FILE_ERRORS {
+        return errors.to_vec();
+    }
+    let mut out = errors[..MAX_FILE_ERRORS].to_vec();
+    out.push(FileError {
+        path: "...".to_owned(),
+        error: format!(
+            "and {} more files; the agent's log names every one",
+            errors.len() - MAX_FILE_ERRORS
+        ),
+    });
+    out
+}
+
 /// Live state of a transfer, polled by the scheduler.
 #[derive(Debug, Default)]
 pub struct Progress {

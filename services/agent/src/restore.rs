@@ -47,7 +47,7 @@ pub async fn run(
     TransferOutcome {
         stats: p.stats.clone(),
         snapshot: Some(req.snapshot.clone()),
-        file_errors: p.file_errors.clone(),
+        file_errors: crate::cap_file_errors(&p.file_errors),
         error: result.err(),
     }
 }
@@ -67,13 +67,23 @@ async fn get_chunk(
     Ok(r.frame)
 }
 
+/// The temporary file of a file being restored.
+enum Slot {
+    /// Not created yet.
+    New,
+    /// Being written.
+    Open(tempfile::NamedTempFile),
+    /// Moved into place or given up.
+    Closed,
+}
+
 /// One file being restored.
 struct FileState {
     node: Node,
     dest: PathBuf,
-    /// Created with the first chunk, persisted or dropped with the last.
-    tmp: Mutex<Option<tempfile::NamedTempFile>>,
-    file: std::sync::OnceLock<Result<Arc<File>, String>>,
+    /// Created with the first chunk, persisted or dropped with the last;
+    /// the descriptor is held only while the file is being written.
+    tmp: Mutex<Slot>,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
 }
@@ -165,8 +175,7 @@ async fn restore(
             FileState {
                 dest: ctx.dest(&node.path),
                 node,
-                tmp: Mutex::new(None),
-                file: std::sync::OnceLock::new(),
+                tmp: Mutex::new(Slot::New),
                 remaining: AtomicUsize::new(n),
                 failed: Mutex::new(None),
             }
@@ -305,30 +314,33 @@ impl Ctx {
             .get_or_insert(error);
     }
 
-    /// The file's temporary file, created (at its full size) on first use.
-    fn open(&self, i: usize) -> Result<Arc<File>, String> {
-        let f = &self.files[i];
-        f.file
-            .get_or_init(|| {
-                let parent = f.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                let tmp = std::fs::create_dir_all(&parent)
-                    .and_then(|_| {
-                        tempfile::Builder::new()
-                            .prefix(".arca-restore-")
-                            .tempfile_in(&parent)
-                    })
-                    .map_err(|e| format!("cannot create file: {e}"))?;
-                tmp.as_file()
-                    .set_len(f.node.size)
-                    .map_err(|e| format!("cannot size file: {e}"))?;
-                let handle = tmp
-                    .as_file()
-                    .try_clone()
-                    .map_err(|e| format!("cannot open file: {e}"))?;
-                *f.tmp.lock().expect("file lock") = Some(tmp);
-                Ok(Arc::new(handle))
-            })
-            .clone()
+    /// Runs `f` on the file's temporary file, created (at its full size)
+    /// on first use. Writes to one file are serialised; files go in parallel.
+    fn with_file<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&File) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let state = &self.files[i];
+        let mut slot = state.tmp.lock().expect("file lock");
+        if matches!(*slot, Slot::New) {
+            let parent = state.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let tmp = std::fs::create_dir_all(&parent)
+                .and_then(|_| {
+                    tempfile::Builder::new()
+                        .prefix(".arca-restore-")
+                        .tempfile_in(&parent)
+                })
+                .map_err(|e| format!("cannot create file: {e}"))?;
+            tmp.as_file()
+                .set_len(state.node.size)
+                .map_err(|e| format!("cannot size file: {e}"))?;
+            *slot = Slot::Open(tmp);
+        }
+        match &*slot {
+            Slot::Open(tmp) => f(tmp.as_file()),
+            _ => Err("the file was already closed".into()),
+        }
     }
 
     fn write_piece(&self, i: usize, offset: u64, id: ChunkId, frame_bytes: &[u8]) {
@@ -338,9 +350,10 @@ impl Ctx {
         let written = frame::decode(frame_bytes, &self.key, &id)
             .map_err(|e| e.to_string())
             .and_then(|data| {
-                let file = self.open(i)?;
-                file.write_all_at(&data, offset)
-                    .map_err(|e| format!("write failed: {e}"))?;
+                self.with_file(i, |file| {
+                    file.write_all_at(&data, offset)
+                        .map_err(|e| format!("write failed: {e}"))
+                })?;
                 Ok(data.len())
             });
         match written {
@@ -360,18 +373,22 @@ impl Ctx {
         let f = &self.files[i];
         self.progress.lock().expect("progress lock").stats.entries += 1;
         if let Some(e) = f.failed.lock().expect("file lock").take() {
-            drop(f.tmp.lock().expect("file lock").take());
+            *f.tmp.lock().expect("file lock") = Slot::Closed;
             self.file_error(
                 &f.dest,
                 format!("not restored, the original is left as it was: {e}"),
             );
             return;
         }
-        if let Err(e) = self.open(i) {
+        // An empty file has had no chunk to create it.
+        if let Err(e) = self.with_file(i, |_| Ok(())) {
+            *f.tmp.lock().expect("file lock") = Slot::Closed;
             self.file_error(&f.dest, e);
             return;
         }
-        let Some(tmp) = f.tmp.lock().expect("file lock").take() else {
+        let Slot::Open(tmp) =
+            std::mem::replace(&mut *f.tmp.lock().expect("file lock"), Slot::Closed)
+        else {
             return;
         };
         let result = apply_metadata(tmp.path(), &f.node, false).and_then(|_| {

@@ -223,3 +223,53 @@ async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its
         compare(expected, &restored_path(&target, &src)).unwrap();
     }
 }
+
+/// Open descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_many_files_holds_no_descriptor_after_each_file() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("many");
+    for d in 0..20 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                dir.join(format!("f{f}")),
+                format!("file {d}/{f}\n").repeat(d + 1),
+            )
+            .unwrap();
+        }
+    }
+    stack
+        .load_systems(vec![system("fds", &[&src])])
+        .await
+        .unwrap();
+    stack
+        .start_agent("fds", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+    let job = stack.backup(&["fds"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    let before = open_fds(stack.pid("agent-fds"));
+    let target = data.path().join("restored");
+    let job = stack
+        .restore(rec.snapshot.as_ref().unwrap(), Some(&target))
+        .await
+        .unwrap();
+    let (_, rrec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rrec.status, arca_schemas::JobStatus::Succeeded, "{rrec:#?}");
+    assert_eq!(rrec.stats.files, 2000);
+    compare(&src, &restored_path(&target, &src)).unwrap();
+    let after = open_fds(stack.pid("agent-fds"));
+    assert!(
+        after < before + 50,
+        "the agent holds {after} descriptors after the restore, {before} before"
+    );
+}

@@ -302,16 +302,7 @@ impl Repository {
     fn index_pack(&self, system: &str, path: &Path) -> Result<Vec<IndexEntry>, RepoError> {
         let scan =
             pack::scan(path, &self.keys, system, false).map_err(|e| RepoError::io(path, e))?;
-        Ok(scan
-            .records
-            .iter()
-            .map(|r| IndexEntry {
-                id: r.id,
-                kind: r.kind,
-                offset: r.offset,
-                len: r.len,
-            })
-            .collect())
+        Ok(entries_of(&scan))
     }
 
     fn recover_open_packs(&self, report: &mut OpenReport) -> Result<(), RepoError> {
@@ -348,16 +339,7 @@ impl Repository {
             hasher
                 .update_reader(File::open(&path).map_err(|e| RepoError::io(&path, e))?)
                 .map_err(|e| RepoError::io(&path, e))?;
-            let entries: Vec<IndexEntry> = scan
-                .records
-                .iter()
-                .map(|r| IndexEntry {
-                    id: r.id,
-                    kind: r.kind,
-                    offset: r.offset,
-                    len: r.len,
-                })
-                .collect();
+            let entries = entries_of(&scan);
             self.seal_file(&system, &path, &hasher.finalize().to_hex(), &entries)?;
             report.recovered_packs += 1;
         }
@@ -802,16 +784,7 @@ impl Repository {
                             .damaged
                             .push(format!("{}: chunk {chunk}: {why}", path.display()));
                     }
-                    let entries: Vec<IndexEntry> = scan
-                        .records
-                        .iter()
-                        .map(|r| IndexEntry {
-                            id: r.id,
-                            kind: r.kind,
-                            offset: r.offset,
-                            len: r.len,
-                        })
-                        .collect();
+                    let entries = entries_of(&scan);
                     self.write_index_file(&system, &id, &entries)?;
                     report.packs += 1;
                     report.chunks += entries.len() as u64;
@@ -871,6 +844,19 @@ pub(crate) fn read_index_file(path: &Path) -> Option<IndexFile> {
         return None;
     }
     codec::decode(body).ok()
+}
+
+/// The index entries of the records a scan found.
+fn entries_of(scan: &pack::Scan) -> Vec<IndexEntry> {
+    scan.records
+        .iter()
+        .map(|r| IndexEntry {
+            id: r.id,
+            kind: r.kind,
+            offset: r.offset,
+            len: r.len,
+        })
+        .collect()
 }
 
 /// (name, path) of every folder directly in `dir`.

@@ -33,7 +33,9 @@ pub enum RepoError {
     #[error("{0} not found")]
     NotFound(String),
     /// The repository was made by a newer or unknown format.
-    #[error("repository at {path} has format version {found}, this build reads {supported}; keep that folder for the release that wrote it and point the media service at a new folder")]
+    #[error(
+        "repository at {path} has format version {found}, this build reads {supported}; keep that folder for the release that wrote it and point the media service at a new folder"
+    )]
     Version {
         /// Root.
         path: String,

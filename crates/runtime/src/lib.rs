@@ -12,3 +12,13 @@ pub mod telemetry;
 
 pub use nats::{NatsError, connect};
 pub use rpc::{RpcError, request, request_with_timeout};
+
+/// Refuses a service id or system name that cannot be one subject token
+/// (`what` names it in the message, e.g. "media id").
+pub fn ensure_name(what: &str, name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        arca_schemas::subject::valid_token(name),
+        "{what} {name:?} is not a valid name (letters, digits, '-', '_')"
+    );
+    Ok(())
+}

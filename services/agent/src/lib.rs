@@ -147,11 +147,7 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subject::valid_token(&config.system),
-        "system name {:?} is not a valid name (letters, digits, '-', '_')",
-        config.system
-    );
+    arca_runtime::ensure_name("system name", &config.system)?;
     let params = chunk_params(&config, client.server_info().max_payload);
     let agent = Arc::new(Agent {
         params,

@@ -119,11 +119,7 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subject::valid_token(&config.id),
-        "firewall id {:?} is not a valid name (letters, digits, '-', '_')",
-        config.id
-    );
+    arca_runtime::ensure_name("firewall id", &config.id)?;
     let backend: Arc<dyn Backend> = match config.backend {
         BackendKind::None => {
             tracing::warn!(

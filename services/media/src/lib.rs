@@ -70,11 +70,7 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subject::valid_token(&config.id),
-        "media id {:?} is not a valid name (letters, digits, '-', '_')",
-        config.id
-    );
+    arca_runtime::ensure_name("media id", &config.id)?;
     let key_file = config
         .key_file
         .clone()

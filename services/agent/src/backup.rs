@@ -22,7 +22,6 @@ use std::time::Duration;
 use arca_repo::frame;
 use arca_runtime::rpc::{self, RpcError};
 use arca_schemas::error::ErrorReply;
-use arca_schemas::job::FileError;
 use arca_schemas::msg::{
     ChunkStored, CommitSnapshot, HasChunks, HasChunksReply, PutChunk, SnapshotCommitted,
     StartBackupTransfer, TransferOutcome,
@@ -350,15 +349,10 @@ fn read_all(
 
 impl Reader<'_> {
     fn file_error(&self, path: &Path, error: String) {
-        tracing::warn!(path = %path.display(), %error, "file skipped");
         self.progress
             .lock()
             .expect("progress lock")
-            .file_errors
-            .push(FileError {
-                path: path.to_string_lossy().into_owned(),
-                error,
-            });
+            .file_failed(path, error);
     }
 
     fn walk(&mut self, root: &Path) -> Result<(), ErrorReply> {

@@ -116,6 +116,17 @@ pub fn cap_file_errors(errors: &[FileError]) -> Vec<FileError> {
     out
 }
 
+impl Progress {
+    /// Records a file that could not be read or written; the transfer goes on.
+    pub fn file_failed(&mut self, path: &std::path::Path, error: String) {
+        tracing::warn!(path = %path.display(), %error, "file not transferred");
+        self.file_errors.push(FileError {
+            path: path.to_string_lossy().into_owned(),
+            error,
+        });
+    }
+}
+
 /// Live state of a transfer, polled by the scheduler.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -22,7 +22,6 @@ use std::time::Duration;
 use arca_repo::frame;
 use arca_runtime::rpc;
 use arca_schemas::error::ErrorReply;
-use arca_schemas::job::FileError;
 use arca_schemas::msg::{
     ChunkData, GetChunk, GetSnapshot, SnapshotReply, StartRestoreTransfer, TransferOutcome,
 };
@@ -282,15 +281,10 @@ impl Ctx {
     }
 
     fn file_error(&self, path: &Path, error: String) {
-        tracing::warn!(path = %path.display(), %error, "file not restored");
         self.progress
             .lock()
             .expect("progress lock")
-            .file_errors
-            .push(FileError {
-                path: path.to_string_lossy().into_owned(),
-                error,
-            });
+            .file_failed(path, error);
     }
 
     /// Creates a folder; false when it could not be.

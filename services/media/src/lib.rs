@@ -122,6 +122,17 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs repository work off the async threads; a task that panicked is an
+/// internal error.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
+) -> Result<T, ErrorReply> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ErrorReply::internal(format!("{what} task failed: {e}")))?
+}
+
 impl Media {
     async fn control(self: Arc<Self>, msg: Message) {
         match MediaVerb::parse(verb(&msg.subject)) {
@@ -304,7 +315,7 @@ impl Media {
         let req: PutChunk = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
         self.touch(&req.session, &[req.id]);
-        tokio::task::spawn_blocking(move || {
+        blocking("put", move || {
             if self.repo.has_chunk(&system, &req.id) {
                 return Ok(ChunkStored { new: false });
             }
@@ -320,7 +331,6 @@ impl Media {
             Ok(ChunkStored { new })
         })
         .await
-        .map_err(|e| ErrorReply::internal(format!("put task failed: {e}")))?
     }
 
     /// Records that a session depends on these chunks, before it is told
@@ -380,7 +390,7 @@ impl Media {
 
     async fn verify(self: Arc<Self>, payload: bytes::Bytes) -> Result<VerifyReport, ErrorReply> {
         let req: VerifyRepository = decode_request(&payload)?;
-        tokio::task::spawn_blocking(move || {
+        blocking("verify", move || {
             let percent = if req.subset_percent == 0 {
                 100
             } else {
@@ -391,7 +401,6 @@ impl Media {
                 .map_err(|e| e.to_reply())
         })
         .await
-        .map_err(|e| ErrorReply::internal(format!("verify task failed: {e}")))?
     }
 
     async fn get(
@@ -400,7 +409,7 @@ impl Media {
         payload: bytes::Bytes,
     ) -> Result<ChunkData, ErrorReply> {
         let req: GetChunk = decode_request(&payload)?;
-        tokio::task::spawn_blocking(move || {
+        blocking("get", move || {
             let frame = self
                 .repo
                 .get_chunk(&system, &req.id)
@@ -408,7 +417,6 @@ impl Media {
             Ok(ChunkData { frame })
         })
         .await
-        .map_err(|e| ErrorReply::internal(format!("get task failed: {e}")))?
     }
 
     async fn commit(
@@ -429,7 +437,7 @@ impl Media {
             (s.job, s.paths.clone())
         };
         let me = self.clone();
-        let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, ErrorReply> {
+        let info = blocking("commit", move || -> Result<SnapshotInfo, ErrorReply> {
             me.check_tree_complete(&system, &req.tree)?;
             me.repo.flush(&system).map_err(|e| e.to_reply())?;
             let info = SnapshotInfo {
@@ -450,8 +458,7 @@ impl Media {
                 .map_err(|e| e.to_reply())?;
             Ok(info)
         })
-        .await
-        .map_err(|e| ErrorReply::internal(format!("commit task failed: {e}")))??;
+        .await?;
         tracing::info!(snapshot = %info.id, system = %info.system, job = %info.job, "snapshot committed");
         let mut sessions = self.sessions.lock().expect("sessions lock");
         if let Some(s) = sessions.get_mut(&req.session) {

@@ -103,6 +103,12 @@ pub enum EventDetail {
         /// The file and the error.
         file: FileError,
     },
+    /// A file was transferred but something about it needs a look (e.g. it
+    /// changed while it was read); the job goes on and can still succeed.
+    FileWarning {
+        /// The file and what happened.
+        file: FileError,
+    },
     /// The data moved: the snapshot is committed (backup) or written (restore).
     Transferred {
         /// Final counters.
@@ -181,6 +187,7 @@ impl EventDetail {
             EventDetail::Prepared { .. } => "prepared",
             EventDetail::Progress { .. } => "progress",
             EventDetail::FileFailed { .. } => "file-failed",
+            EventDetail::FileWarning { .. } => "file-warning",
             EventDetail::Transferred { .. } => "transferred",
             EventDetail::Finished { .. } => "finished",
             EventDetail::PostHookByAgent { .. } => "post-hook-by-agent",

@@ -149,6 +149,29 @@ pub struct FileError {
     pub error: String,
 }
 
+/// Glob patterns choosing paths of a snapshot. A pattern with a `/` is
+/// matched against the whole absolute path, one without against each name
+/// in it; `*` and `?` stay within a name, `**` crosses folders. A folder
+/// that matches brings everything under it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PathFilter {
+    /// Only paths matching one of these (and the folders above them);
+    /// empty takes every path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Never paths matching one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl PathFilter {
+    /// True when it takes every path.
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+}
+
 /// Counters of a transfer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -202,6 +225,12 @@ pub struct JobRecord {
     pub stats: TransferStats,
     /// Files that could not be read or written.
     pub file_errors: Vec<FileError>,
+    /// Files transferred with a warning (e.g. changed while read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_warnings: Vec<FileError>,
+    /// Restore only: which of the snapshot's paths it writes.
+    #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
+    pub filter: PathFilter,
     /// Why the job failed.
     pub error: Option<String>,
     /// Backup only: the type asked for (the transfer treats both alike for

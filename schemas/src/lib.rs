@@ -24,7 +24,7 @@ pub mod tree;
 
 pub use chunk::ChunkId;
 pub use error::{ErrorCode, ErrorReply};
-pub use job::{JobId, JobKind, JobRecord, JobStatus, JobStep, SnapshotId};
+pub use job::{JobId, JobKind, JobRecord, JobStatus, JobStep, PathFilter, SnapshotId};
 pub use system::{BackupType, HookSpec, SystemConfig};
 
 /// Version of the control protocol and event format spoken by this build.

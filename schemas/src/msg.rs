@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{FileError, TransferStats};
+use crate::job::{FileError, PathFilter, TransferStats};
 use crate::{BackupType, ChunkId, HookSpec, JobId, JobRecord, SnapshotId, SystemConfig};
 
 // ---------------------------------------------------------------- scheduler
@@ -144,6 +144,9 @@ pub struct StartRestore {
     pub snapshot: SnapshotId,
     /// Folder on the system to restore into; `None` restores in place.
     pub target: Option<String>,
+    /// Which of the snapshot's paths to restore; empty restores all.
+    #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
+    pub filter: PathFilter,
 }
 
 /// List jobs, newest first.
@@ -401,6 +404,9 @@ pub struct StartBackupTransfer {
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub chunk_key: [u8; 32],
+    /// Which files under `paths` to take.
+    #[serde(default)]
+    pub selection: crate::system::Selection,
 }
 
 /// Restore a snapshot onto this system.
@@ -419,6 +425,9 @@ pub struct StartRestoreTransfer {
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub chunk_key: [u8; 32],
+    /// Which of the snapshot's paths to restore; empty restores all.
+    #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
+    pub filter: PathFilter,
 }
 
 /// Stop a job's transfer (agent). A backup stopped this way commits no
@@ -482,6 +491,9 @@ pub struct TransferOutcome {
     pub snapshot: Option<SnapshotId>,
     /// Files that could not be read or written; the rest was transferred.
     pub file_errors: Vec<FileError>,
+    /// Files transferred with a warning (e.g. changed while read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_warnings: Vec<FileError>,
     /// Set when the transfer as a whole failed (nothing committed).
     pub error: Option<crate::ErrorReply>,
 }
@@ -589,6 +601,42 @@ pub struct SnapshotReply {
     pub info: SnapshotInfo,
     /// Tree chunks in order.
     pub tree: Vec<ChunkId>,
+}
+
+/// One page of a snapshot's file list (for `arca ls` and `arca diff`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListTree {
+    /// Snapshot.
+    pub snapshot: SnapshotId,
+    /// Page number, from 0 (one page per tree chunk).
+    pub page: u32,
+}
+
+/// Answer to [`ListTree`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TreePage {
+    /// System the snapshot belongs to.
+    pub system: String,
+    /// How many pages the tree has.
+    pub pages: u32,
+    /// The page's entries, in walk order.
+    pub entries: Vec<TreeEntry>,
+}
+
+/// A node of a snapshot's tree as listed: the chunk lists of files are
+/// left out (their chunk ids and sizes are empty) and summed up by
+/// `content`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct TreeEntry {
+    /// The node, without chunk lists.
+    pub node: crate::tree::Node,
+    /// Files: BLAKE3 of the chunk ids in order, hex; equal contents have
+    /// equal digests within one system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// List a media service's snapshots (scheduler to media).

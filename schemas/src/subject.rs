@@ -151,6 +151,7 @@ verbs!(
         RepairIndex = "repair-index",
         Forget = "forget",
         Prune = "prune",
+        Tree = "tree",
     }
 );
 

@@ -30,10 +30,23 @@ pub struct SystemConfig {
     /// so that an operator can check who may speak for the system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
-    /// Patterns of paths not to back up (recorded with the system; the
-    /// agent's reader applies them once it supports exclusions).
+    /// Glob patterns: when set, only files under `paths` that match one
+    /// (and the folders above them) are backed up. Syntax as for restore's
+    /// `--include` (see [`crate::PathFilter`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Glob patterns of paths not to back up; a matching folder is not
+    /// entered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Stay on the file system of each path: mount points below it are
+    /// recorded as empty folders.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_file_system: bool,
+    /// Skip the contents of folders holding a valid `CACHEDIR.TAG` (the
+    /// folder and its tag file are kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_caches: bool,
     /// When backups run by themselves, one cron expression per backup type.
     #[serde(default, skip_serializing_if = "Schedules::is_empty")]
     pub schedules: Schedules,
@@ -43,6 +56,35 @@ pub struct SystemConfig {
     /// Jobs selected together run in priority order, highest first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+}
+
+impl SystemConfig {
+    /// What the agent's reader takes under `paths`.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            filter: crate::PathFilter {
+                include: self.include.clone(),
+                exclude: self.exclude.clone(),
+            },
+            one_file_system: self.one_file_system,
+            exclude_caches: self.exclude_caches,
+        }
+    }
+}
+
+/// What a backup takes under the system's paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Selection {
+    /// Include and exclude patterns.
+    #[serde(default)]
+    pub filter: crate::PathFilter,
+    /// Do not cross into other file systems.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Skip the contents of folders tagged with `CACHEDIR.TAG`.
+    #[serde(default)]
+    pub exclude_caches: bool,
 }
 
 fn is_zero(p: &i32) -> bool {

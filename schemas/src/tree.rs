@@ -32,6 +32,45 @@ pub enum NodeKind {
         #[schemars(with = "Vec<u8>")]
         target: Vec<u8>,
     },
+    /// A named pipe.
+    Fifo,
+    /// A character or block device (which one is in the node's `mode`).
+    Device {
+        /// Device number (`st_rdev`).
+        rdev: u64,
+    },
+    /// A Unix socket's file (recreated as an inode; no program listens).
+    Socket,
+}
+
+impl NodeKind {
+    /// A short name for listings: `dir`, `file`, `symlink`, `fifo`,
+    /// `device`, `socket`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeKind::Dir => "dir",
+            NodeKind::File { .. } => "file",
+            NodeKind::Symlink { .. } => "symlink",
+            NodeKind::Fifo => "fifo",
+            NodeKind::Device { .. } => "device",
+            NodeKind::Socket => "socket",
+        }
+    }
+}
+
+/// One extended attribute (POSIX ACLs are the `system.posix_acl_access`
+/// and `system.posix_acl_default` attributes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Xattr {
+    /// Attribute name with its namespace, e.g. `user.comment`.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub name: Vec<u8>,
+    /// Raw value.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub value: Vec<u8>,
 }
 
 /// One file system object and its metadata.
@@ -65,6 +104,40 @@ pub struct Node {
     /// Inode number, to notice a file replaced by another.
     #[serde(default)]
     pub inode: u64,
+    /// Owner's user name on the system, where it had one; a restore uses
+    /// the id this name has on the target when the name exists there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Group name on the system, where it had one (as `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Extended attributes, ACLs included, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// For a file with several names: the path of its first name in this
+    /// tree. The node still lists the chunks, so a restore that leaves the
+    /// first name out writes the content instead of linking.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    #[schemars(with = "Option<Vec<u8>>")]
+    pub hardlink: Option<Vec<u8>>,
+    /// The file had holes (fewer blocks allocated than its size needs); a
+    /// restore leaves every all-zero block unwritten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
+    /// The file's size or mtime changed while it was read: its content may
+    /// mix old and new bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed: bool,
+}
+
+impl Node {
+    /// The file's chunks, none for other kinds.
+    pub fn chunks(&self) -> &[ChunkId] {
+        match &self.kind {
+            NodeKind::File { chunks, .. } => chunks,
+            _ => &[],
+        }
+    }
 }
 
 /// A batch of nodes: the content of one tree chunk.

@@ -530,12 +530,24 @@ impl Stack {
         snapshot: &arca_schemas::SnapshotId,
         target: Option<&Path>,
     ) -> Result<JobId, rpc::RpcError> {
+        self.restore_filtered(snapshot, target, Default::default())
+            .await
+    }
+
+    /// Starts a restore of the paths `filter` takes.
+    pub async fn restore_filtered(
+        &self,
+        snapshot: &arca_schemas::SnapshotId,
+        target: Option<&Path>,
+        filter: arca_schemas::PathFilter,
+    ) -> Result<JobId, rpc::RpcError> {
         let r: JobsStarted = rpc::request(
             &self.client,
             subject::scheduler("main", SchedulerVerb::Restore),
             &StartRestore {
                 snapshot: snapshot.clone(),
                 target: target.map(|t| t.display().to_string()),
+                filter,
             },
         )
         .await?;
@@ -628,7 +640,10 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         media: "main".to_owned(),
         hooks: Default::default(),
         agent: None,
+        include: Vec::new(),
         exclude: Vec::new(),
+        one_file_system: false,
+        exclude_caches: false,
         schedules: Default::default(),
         retention: Default::default(),
         priority: 0,

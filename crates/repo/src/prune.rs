@@ -13,11 +13,10 @@
 use std::collections::{HashMap, HashSet};
 
 use arca_schemas::msg::{PruneReport, RetentionPolicy};
-use arca_schemas::tree::{NodeKind, TreeBatch};
-use arca_schemas::{ChunkId, SnapshotId, codec};
+use arca_schemas::tree::NodeKind;
+use arca_schemas::{ChunkId, SnapshotId};
 
 use crate::RepoError;
-use crate::frame;
 use crate::fsutil::sync_dir;
 use crate::store::Repository;
 
@@ -58,14 +57,9 @@ impl Repository {
         let mut used = HashSet::new();
         for snap in self.list_snapshots(None)? {
             let system = snap.info.system.clone();
-            let key = self.chunk_id_key(&system);
             for tree in &snap.tree {
                 used.insert((system.clone(), *tree));
-                let plain = frame::decode(&self.get_chunk(&system, tree)?, &key, tree)?;
-                let batch: TreeBatch = codec::decode(&plain).map_err(|e| RepoError::Corrupt {
-                    what: format!("tree chunk {tree}"),
-                    detail: e.to_string(),
-                })?;
+                let batch = self.tree_batch(&system, tree)?;
                 for node in batch.nodes {
                     if let NodeKind::File { chunks, .. } = node.kind {
                         used.extend(chunks.into_iter().map(|c| (system.clone(), c)));

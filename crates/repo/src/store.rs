@@ -606,6 +606,20 @@ impl Repository {
         self.seal_open(system, None)
     }
 
+    /// Reads, opens and decodes one tree chunk of `system`.
+    pub fn tree_batch(
+        &self,
+        system: &str,
+        id: &ChunkId,
+    ) -> Result<arca_schemas::tree::TreeBatch, RepoError> {
+        let key = self.chunk_id_key(system);
+        let plain = crate::frame::decode(&self.get_chunk(system, id)?, &key, id)?;
+        arca_schemas::codec::decode(&plain).map_err(|e| RepoError::Corrupt {
+            what: format!("tree chunk {id}"),
+            detail: e.to_string(),
+        })
+    }
+
     /// Reads a chunk frame, checking the record is authentic.
     pub fn get_chunk(&self, system: &str, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
         let loc = self

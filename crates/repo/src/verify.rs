@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::unix::ffi::OsStrExt;
 
 use arca_schemas::msg::{VerifyProblem, VerifyReport};
-use arca_schemas::tree::{NodeKind, TreeBatch};
-use arca_schemas::{ChunkId, SnapshotId, codec};
+use arca_schemas::tree::NodeKind;
+use arca_schemas::{ChunkId, SnapshotId};
 
 use crate::RepoError;
 use crate::frame;
@@ -145,17 +145,8 @@ impl Repository {
             HashMap::new();
         for snap in &snapshots {
             let system = &snap.info.system;
-            let key = self.chunk_id_key(system);
             for tree_id in &snap.tree {
-                let batch = self
-                    .get_chunk(system, tree_id)
-                    .and_then(|f| frame::decode(&f, &key, tree_id))
-                    .and_then(|plain| {
-                        codec::decode::<TreeBatch>(&plain).map_err(|e| RepoError::Corrupt {
-                            what: format!("tree chunk {tree_id}"),
-                            detail: e.to_string(),
-                        })
-                    });
+                let batch = self.tree_batch(system, tree_id);
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {

@@ -11,10 +11,11 @@
 //! tree chunks, and the snapshot is committed only after every
 //! acknowledgement has arrived.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +32,11 @@ use arca_schemas::tree::{Node, NodeKind, TreeBatch};
 use arca_schemas::{ChunkId, codec};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use arca_schemas::system::Selection;
+
 use crate::Progress;
+use crate::meta::{self, Names};
+use crate::select::Filter;
 
 /// How the reader cuts and compresses.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +85,7 @@ pub async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
     let reader_progress = progress.clone();
     let paths = req.paths.clone();
+    let selection = req.selection.clone();
     let asker = HasAsker {
         client: client.clone(),
         subject: subject::media_data(&req.media, &system, MediaDataVerb::Has),
@@ -99,7 +105,16 @@ pub async fn run(
         None => ParentFiles::new(),
     };
     let reader = tokio::task::spawn_blocking(move || {
-        read_all(parent, &paths, params, key, asker, tx, &reader_progress)
+        read_all(
+            parent,
+            &paths,
+            &selection,
+            params,
+            key,
+            asker,
+            tx,
+            &reader_progress,
+        )
     });
 
     let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
@@ -162,14 +177,19 @@ pub async fn run(
     }
     drop(rx);
     let read = reader.await;
-    let (stats, file_errors) = {
+    let (stats, file_errors, file_warnings) = {
         let p = progress.lock().expect("progress lock");
-        (p.stats.clone(), crate::cap_file_errors(&p.file_errors))
+        (
+            p.stats.clone(),
+            crate::cap_file_errors(&p.file_errors),
+            crate::cap_file_errors(&p.file_warnings),
+        )
     };
     let outcome = |snapshot, error| TransferOutcome {
         stats: stats.clone(),
         snapshot,
         file_errors: file_errors.clone(),
+        file_warnings: file_warnings.clone(),
         error,
     };
     if let Some(e) = failure {
@@ -286,6 +306,17 @@ impl HasAsker {
 const PENDING_CHUNKS: usize = 256;
 const PENDING_BYTES: usize = 64 << 20;
 
+/// The signature a `CACHEDIR.TAG` file starts with.
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// A file with several names, as first met.
+struct FirstName {
+    path: Vec<u8>,
+    chunks: Vec<ChunkId>,
+    sizes: Vec<u32>,
+    size: u64,
+}
+
 struct Reader<'a> {
     parent: ParentFiles,
     params: ChunkParams,
@@ -293,6 +324,15 @@ struct Reader<'a> {
     asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &'a Mutex<Progress>,
+    filter: Filter,
+    one_file_system: bool,
+    exclude_caches: bool,
+    names: Names,
+    /// Files with several names, by (device, inode).
+    links: HashMap<(u64, u64), FirstName>,
+    /// With include patterns: folders met but not yet written, because
+    /// nothing under them was taken yet (each is inside the one before).
+    held: Vec<Node>,
     sent: HashSet<ChunkId>,
     pending: Vec<(ChunkId, Vec<u8>, bool)>,
     pending_bytes: usize,
@@ -301,15 +341,19 @@ struct Reader<'a> {
 }
 
 /// The reader thread: walks, chunks, and feeds the sender.
+#[allow(clippy::too_many_arguments)]
 fn read_all(
     parent: ParentFiles,
     paths: &[String],
+    selection: &Selection,
     params: ChunkParams,
     key: [u8; 32],
     asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &Mutex<Progress>,
 ) -> Result<(), ErrorReply> {
+    let filter = Filter::new(&selection.filter)
+        .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
     let mut r = Reader {
         parent,
         params,
@@ -317,19 +361,29 @@ fn read_all(
         asker,
         tx,
         progress,
+        filter,
+        one_file_system: selection.one_file_system,
+        exclude_caches: selection.exclude_caches,
+        names: Names::default(),
+        links: HashMap::new(),
+        held: Vec::new(),
         sent: HashSet::new(),
         pending: Vec::new(),
         pending_bytes: 0,
         batch: TreeBatch::default(),
         tree: Vec::new(),
     };
+    // Walked in path order, so that the tree is sorted by path.
+    let mut roots: Vec<&String> = paths.iter().collect();
+    roots.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+    roots.dedup();
     let mut present = 0;
-    for p in paths {
+    for p in roots {
         let path = Path::new(p);
         match std::fs::symlink_metadata(path) {
-            Ok(_) => {
+            Ok(md) => {
                 present += 1;
-                r.walk(path)?;
+                r.walk(path, md.dev())?;
             }
             Err(e) => r.file_error(path, format!("cannot back up configured path: {e}")),
         }
@@ -355,9 +409,20 @@ impl Reader<'_> {
             .file_failed(path, error);
     }
 
-    fn walk(&mut self, root: &Path) -> Result<(), ErrorReply> {
+    fn file_warning(&self, path: &Path, warning: String) {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .file_warned(path, warning);
+    }
+
+    fn walk(&mut self, root: &Path, root_dev: u64) -> Result<(), ErrorReply> {
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
+            let bytes = path.as_os_str().as_bytes();
+            if self.filter.excluded(bytes) {
+                continue;
+            }
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) => {
@@ -367,57 +432,126 @@ impl Reader<'_> {
             };
             let ft = md.file_type();
             if ft.is_dir() {
-                self.push(node(&path, NodeKind::Dir, &md))?;
+                let n = self.node(&path, NodeKind::Dir, &md);
+                self.push_dir(n)?;
+                if self.one_file_system && md.dev() != root_dev {
+                    // A mount point: kept as an empty folder.
+                    continue;
+                }
                 match std::fs::read_dir(&path) {
                     Ok(entries) => {
                         let mut names: Vec<PathBuf> =
                             entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                        if self.exclude_caches && is_cache_dir(&path) {
+                            names.retain(|n| n.file_name() == Some(OsStr::new("CACHEDIR.TAG")));
+                        }
                         // Popped from the end: reverse order visits names ascending.
                         names.sort_by(|a, b| b.cmp(a));
                         stack.extend(names);
                     }
                     Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
                 }
-            } else if ft.is_symlink() {
+                continue;
+            }
+            if !self.filter.takes(bytes) {
+                continue;
+            }
+            if ft.is_symlink() {
                 match std::fs::read_link(&path) {
                     Ok(target) => {
                         let kind = NodeKind::Symlink {
                             target: target.as_os_str().as_bytes().to_vec(),
                         };
-                        self.push(node(&path, kind, &md))?;
+                        let n = self.node(&path, kind, &md);
+                        self.push(n)?;
                     }
                     Err(e) => self.file_error(&path, format!("cannot read link: {e}")),
                 }
             } else if ft.is_file() {
                 self.file(&path, &md)?;
             } else {
-                self.file_error(&path, "special files are not backed up yet".into());
+                let kind = if ft.is_fifo() {
+                    NodeKind::Fifo
+                } else if ft.is_socket() {
+                    NodeKind::Socket
+                } else {
+                    NodeKind::Device { rdev: md.rdev() }
+                };
+                let n = self.node(&path, kind, &md);
+                self.progress.lock().expect("progress lock").stats.files += 1;
+                self.push(n)?;
             }
         }
         Ok(())
     }
 
+    /// A node with the metadata of `md`, names and extended attributes.
+    fn node(&mut self, path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
+        let xattrs = match meta::read_xattrs(path) {
+            Ok(x) => x,
+            Err(e) => {
+                self.file_warning(path, e);
+                Vec::new()
+            }
+        };
+        Node {
+            path: path.as_os_str().as_bytes().to_vec(),
+            kind,
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            size: 0,
+            ctime: md.ctime(),
+            ctime_nsec: md.ctime_nsec() as u32,
+            inode: md.ino(),
+            user: self.names.user(md.uid()),
+            group: self.names.group(md.gid()),
+            xattrs,
+            hardlink: None,
+            sparse: false,
+            changed: false,
+        }
+    }
+
     fn file(&mut self, path: &Path, md: &std::fs::Metadata) -> Result<(), ErrorReply> {
-        if let Some(before) = self.parent.get(path.as_os_str().as_bytes())
-            && let NodeKind::File { chunks, sizes } = &before.kind
-            && unchanged(before, md)
-        {
-            let mut n = node(
-                path,
-                NodeKind::File {
-                    chunks: chunks.clone(),
-                    sizes: sizes.clone(),
-                },
-                md,
-            );
-            n.size = before.size;
+        let bytes = path.as_os_str().as_bytes();
+        let link_key = (md.nlink() > 1).then_some((md.dev(), md.ino()));
+        // Another name of a file already taken: same chunks, not read again.
+        if let Some(first) = link_key.and_then(|k| self.links.get(&k)) {
+            let kind = NodeKind::File {
+                chunks: first.chunks.clone(),
+                sizes: first.sizes.clone(),
+            };
+            let (first_path, size) = (first.path.clone(), first.size);
+            let mut n = self.node(path, kind, md);
+            n.size = size;
+            n.hardlink = Some(first_path);
+            self.progress.lock().expect("progress lock").stats.files += 1;
+            return self.push(n);
+        }
+        let reused = match self.parent.get(bytes) {
+            Some(before) if unchanged(before, md) => match &before.kind {
+                NodeKind::File { chunks, sizes } => {
+                    Some((chunks.clone(), sizes.clone(), before.size, before.sparse))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((chunks, sizes, size, sparse)) = reused {
             {
                 let mut p = self.progress.lock().expect("progress lock");
                 p.stats.files += 1;
-                p.stats.bytes += before.size;
+                p.stats.bytes += size;
                 p.stats.chunks += chunks.len() as u64;
                 p.stats.unchanged_files += 1;
             }
+            let mut n = self.node(path, NodeKind::File { chunks, sizes }, md);
+            n.size = size;
+            n.sparse = sparse;
+            self.remember_link(link_key, &n);
             return self.push(n);
         }
         let file = match File::open(path) {
@@ -440,7 +574,7 @@ impl Reader<'_> {
         let mut chunks = Vec::new();
         let mut sizes = Vec::new();
         let mut size = 0u64;
-        for chunk in chunker(file, &p) {
+        for chunk in chunker(&file, &p) {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -459,10 +593,41 @@ impl Reader<'_> {
             }
             self.send(id, chunk.data, false)?;
         }
-        let mut n = node(path, NodeKind::File { chunks, sizes }, &md);
+        let mut n = self.node(path, NodeKind::File { chunks, sizes }, &md);
         n.size = size;
+        n.sparse = md.blocks().saturating_mul(512) < md.size();
+        // Changed while read: the content may mix old and new bytes.
+        let now = file
+            .metadata()
+            .ok()
+            .map(|a| (a.size(), a.mtime(), a.mtime_nsec()));
+        if now != Some((md.size(), md.mtime(), md.mtime_nsec())) || size != md.size() {
+            n.changed = true;
+            self.file_warning(
+                path,
+                format!(
+                    "changed while it was read ({} bytes when opened, {size} read): the snapshot's copy may mix old and new content; quiesce the application with a hook, or back it up again",
+                    md.size()
+                ),
+            );
+        }
         self.progress.lock().expect("progress lock").stats.files += 1;
+        self.remember_link(link_key, &n);
         self.push(n)
+    }
+
+    fn remember_link(&mut self, key: Option<(u64, u64)>, n: &Node) {
+        if let (Some(key), NodeKind::File { chunks, sizes }) = (key, &n.kind) {
+            self.links.insert(
+                key,
+                FirstName {
+                    path: n.path.clone(),
+                    chunks: chunks.clone(),
+                    sizes: sizes.clone(),
+                    size: n.size,
+                },
+            );
+        }
     }
 
     /// Queues a chunk; chunks media already holds are never compressed
@@ -499,7 +664,38 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// A folder: written now, or with include patterns held until
+    /// something under it is taken (or it matches itself).
+    fn push_dir(&mut self, n: Node) -> Result<(), ErrorReply> {
+        if !self.filter.has_includes() {
+            return self.push(n);
+        }
+        // Held folders not above this one are finished, with nothing taken.
+        while let Some(last) = self.held.last()
+            && !is_inside(&n.path, &last.path)
+        {
+            self.held.pop();
+        }
+        if self.filter.takes(&n.path) {
+            self.push(n)
+        } else {
+            self.held.push(n);
+            Ok(())
+        }
+    }
+
     fn push(&mut self, n: Node) -> Result<(), ErrorReply> {
+        if !self.held.is_empty() {
+            // Write the held folders above `n`, outermost first.
+            let held = std::mem::take(&mut self.held);
+            for d in held.into_iter().filter(|d| is_inside(&n.path, &d.path)) {
+                self.push_node(d)?;
+            }
+        }
+        self.push_node(n)
+    }
+
+    fn push_node(&mut self, n: Node) -> Result<(), ErrorReply> {
         self.progress.lock().expect("progress lock").stats.entries += 1;
         self.batch.nodes.push(n);
         if self.batch.nodes.len() >= TREE_BATCH {
@@ -520,20 +716,21 @@ impl Reader<'_> {
     }
 }
 
-fn node(path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
-    Node {
-        path: path.as_os_str().as_bytes().to_vec(),
-        kind,
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec() as u32,
-        size: 0,
-        ctime: md.ctime(),
-        ctime_nsec: md.ctime_nsec() as u32,
-        inode: md.ino(),
-    }
+/// True when `path` is strictly inside folder `dir`.
+fn is_inside(path: &[u8], dir: &[u8]) -> bool {
+    path.len() > dir.len()
+        && path.starts_with(dir)
+        && (dir.ends_with(b"/") || path[dir.len()] == b'/')
+}
+
+/// True when `dir` holds a `CACHEDIR.TAG` with the standard signature.
+fn is_cache_dir(dir: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+    File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == CACHEDIR_SIGNATURE
 }
 
 /// The parent snapshot's files, by path.

@@ -16,7 +16,9 @@
 
 pub mod backup;
 pub mod hooks;
+pub mod meta;
 pub mod restore;
+pub mod select;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -125,6 +127,15 @@ impl Progress {
             error,
         });
     }
+
+    /// Records a file transferred with a warning (e.g. changed while read).
+    pub fn file_warned(&mut self, path: &std::path::Path, warning: String) {
+        tracing::warn!(path = %path.display(), %warning, "file transferred with a warning");
+        self.file_warnings.push(FileError {
+            path: path.to_string_lossy().into_owned(),
+            error: warning,
+        });
+    }
 }
 
 /// Live state of a transfer, polled by the scheduler.
@@ -134,6 +145,8 @@ pub struct Progress {
     pub stats: TransferStats,
     /// Files that failed so far.
     pub file_errors: Vec<FileError>,
+    /// Files transferred with a warning so far.
+    pub file_warnings: Vec<FileError>,
     /// What is being read or written.
     pub current: Option<String>,
     /// Set when the transfer ended.
@@ -429,6 +442,7 @@ impl Agent {
             stats: p.stats.clone(),
             snapshot: None,
             file_errors: p.file_errors.clone(),
+            file_warnings: crate::cap_file_errors(&p.file_warnings),
             error: Some(ErrorReply::new(
                 arca_schemas::ErrorCode::Conflict,
                 "the transfer was cancelled; no snapshot was committed",

@@ -1,19 +1,26 @@
 //! Writing a snapshot back onto the system.
 //!
-//! The tree is read first. Folders are created, then the chunks of every
-//! file are fetched with up to `window` requests in flight across files,
-//! in any order, and each is checked against the id recorded at backup time
-//! (invariant 6) and written at its offset (the tree records every chunk's
-//! length). A file is written under a temporary name beside its
-//! destination and renamed into place only when all of it verified, so a
-//! failed file never replaces a good one. Symlinks follow; folder metadata
-//! is applied last, deepest first, because writing into a folder changes
-//! its mtime.
+//! The tree is read first and narrowed to the paths the restore's filter
+//! takes (with the folders above them). Folders are created. A file that
+//! already exists with the same size is read and each of its chunks hashed:
+//! when all match the snapshot it is left as it is (only its metadata is
+//! set), so a restore over a tree, or one run again after an interruption,
+//! rewrites only what differs. The chunks of every other file are fetched
+//! with up to `window` requests in flight across files, in any order, and
+//! each is checked against the id recorded at backup time (invariant 6) and
+//! written at its offset (the tree records every chunk's length); all-zero
+//! blocks of a sparse file are left as holes. A file is written under a
+//! temporary name beside its destination and renamed into place only when
+//! all of it verified, so a failed file never replaces a good one. Other
+//! names of hard-linked files are linked to their first name; FIFOs,
+//! device nodes, sockets and symlinks follow; folder metadata is applied
+//! last, deepest first, because writing into a folder changes its mtime.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +38,11 @@ use arca_schemas::{ChunkId, codec};
 use futures::stream::{self, StreamExt};
 
 use crate::Progress;
+use crate::meta::{self, Names};
+use crate::select::{self, Filter};
+
+/// Block size below which a sparse file's zeros are written, not left as holes.
+const HOLE_BLOCK: usize = 4096;
 
 /// Runs one restore transfer to its end.
 pub async fn run(
@@ -47,6 +59,7 @@ pub async fn run(
         stats: p.stats.clone(),
         snapshot: Some(req.snapshot.clone()),
         file_errors: crate::cap_file_errors(&p.file_errors),
+        file_warnings: crate::cap_file_errors(&p.file_warnings),
         error: result.err(),
     }
 }
@@ -85,6 +98,8 @@ struct FileState {
     tmp: Mutex<Slot>,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
+    /// Set once the file is whole in place (other names may link to it).
+    done: std::sync::atomic::AtomicBool,
 }
 
 struct Ctx {
@@ -92,6 +107,7 @@ struct Ctx {
     key: [u8; 32],
     progress: Arc<Mutex<Progress>>,
     files: Vec<FileState>,
+    names: Mutex<Names>,
 }
 
 async fn restore(
@@ -139,19 +155,39 @@ async fn restore(
         nodes.extend(batch.nodes);
     }
 
-    // Folders first, in walk order.
-    let (mut dirs, mut links, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
+    let nodes = select_nodes(nodes, &filter);
+    if nodes.is_empty() && !req.filter.is_empty() {
+        return Err(ErrorReply::bad_request(
+            "no path of the snapshot matches the restore's --include/--exclude patterns; list them with `arca ls`",
+        ));
+    }
+
+    // Folders first, in walk order. Other names of a file restored here
+    // are linked once it is in place.
+    let restored_files: HashSet<Vec<u8>> = nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::File { .. }) && n.hardlink.is_none())
+        .map(|n| n.path.clone())
+        .collect();
+    let (mut dirs, mut others, mut files, mut links) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for n in nodes {
         match n.kind {
             NodeKind::Dir => dirs.push(n),
-            NodeKind::Symlink { .. } => links.push(n),
-            NodeKind::File { .. } => files.push(n),
+            NodeKind::File { .. } => match &n.hardlink {
+                Some(first) if restored_files.contains(first) => links.push(n),
+                _ => files.push(n),
+            },
+            _ => others.push(n),
         }
     }
+    drop(restored_files);
     let ctx = Arc::new(Ctx {
         key: req.chunk_key,
         progress: progress.clone(),
         files: Vec::new(),
+        names: Mutex::new(Names::default()),
         root,
     });
     let dirs = {
@@ -177,30 +213,37 @@ async fn restore(
                 tmp: Mutex::new(Slot::New),
                 remaining: AtomicUsize::new(n),
                 failed: Mutex::new(None),
+                done: Default::default(),
             }
         })
         .collect();
     let ctx = Arc::new(ctx);
 
-    // Empty files need no chunk.
-    {
+    // Files already in place with the same content are left as they are;
+    // empty files need no chunk.
+    let skip = {
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || {
-            for i in 0..ctx.files.len() {
-                if ctx.files[i].remaining.load(Ordering::Relaxed) == 0 {
+            let mut skip = vec![false; ctx.files.len()];
+            for (i, s) in skip.iter_mut().enumerate() {
+                if ctx.already_there(i) {
+                    *s = true;
+                } else if ctx.files[i].remaining.load(Ordering::Relaxed) == 0 {
                     ctx.finish_file(i);
                 }
             }
+            skip
         })
         .await
-        .map_err(|e| ErrorReply::internal(e.to_string()))?;
-    }
+        .map_err(|e| ErrorReply::internal(e.to_string()))?
+    };
 
     // Every chunk of every file, fetched and written in any order.
     let pieces: Vec<(usize, u64, ChunkId)> = ctx
         .files
         .iter()
         .enumerate()
+        .filter(|(i, _)| !skip[*i])
         .flat_map(|(i, f)| {
             let (chunks, sizes) = match &f.node.kind {
                 NodeKind::File { chunks, sizes } => (chunks.clone(), sizes.clone()),
@@ -247,20 +290,31 @@ async fn restore(
 
     let ctx2 = ctx.clone();
     tokio::task::spawn_blocking(move || {
+        let firsts: std::collections::HashMap<&[u8], usize> = ctx2
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.node.path.as_slice(), i))
+            .collect();
         for l in &links {
-            let dest = ctx2.dest(&l.path);
-            if let NodeKind::Symlink { target } = &l.kind {
-                ctx2.progress.lock().expect("progress lock").stats.entries += 1;
-                if let Err(e) = symlink(&dest, target, l) {
-                    ctx2.file_error(&dest, e);
-                }
+            ctx2.link(l, &firsts);
+        }
+        for n in &others {
+            let dest = ctx2.dest(&n.path);
+            ctx2.progress.lock().expect("progress lock").stats.entries += 1;
+            let made = match &n.kind {
+                NodeKind::Symlink { target } => symlink(&dest, target),
+                _ => meta::make_special(&dest, n),
+            };
+            if let Err(e) = made.and_then(|_| ctx2.apply(&dest, n)) {
+                ctx2.file_error(&dest, e);
             }
         }
         // Deepest first, so setting a folder's mtime is not undone by
         // writing into one of its subfolders.
         for d in dirs.iter().rev() {
             let dest = ctx2.dest(&d.path);
-            if let Err(e) = apply_metadata(&dest, d, false) {
+            if let Err(e) = ctx2.apply(&dest, d) {
                 ctx2.file_error(&dest, e);
             }
         }
@@ -277,6 +331,73 @@ impl Ctx {
             self.root.clone()
         } else {
             self.root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn apply(&self, path: &Path, node: &Node) -> Result<(), String> {
+        meta::apply(path, node, &mut self.names.lock().expect("names lock"))
+    }
+
+    /// True when the file is already in place with the snapshot's content
+    /// (every chunk hashed); its metadata is then set and it is counted.
+    fn already_there(&self, i: usize) -> bool {
+        let f = &self.files[i];
+        let Ok(md) = std::fs::symlink_metadata(&f.dest) else {
+            return false;
+        };
+        if !md.is_file() || md.size() != f.node.size {
+            return false;
+        }
+        let NodeKind::File { chunks, sizes } = &f.node.kind else {
+            return false;
+        };
+        let Ok(file) = File::open(&f.dest) else {
+            return false;
+        };
+        let mut offset = 0u64;
+        let mut buf = Vec::new();
+        for (id, size) in chunks.iter().zip(sizes) {
+            buf.resize(*size as usize, 0);
+            if file.read_exact_at(&mut buf, offset).is_err()
+                || frame::chunk_id(&self.key, &buf) != *id
+            {
+                return false;
+            }
+            offset += *size as u64;
+        }
+        drop(file);
+        let mut p = self.progress.lock().expect("progress lock");
+        p.stats.entries += 1;
+        p.stats.unchanged_files += 1;
+        drop(p);
+        if let Err(e) = self.apply(&f.dest, &f.node) {
+            self.file_error(&f.dest, e);
+        }
+        f.done.store(true, Ordering::Release);
+        true
+    }
+
+    /// Makes another name of a file restored in this run.
+    fn link(&self, node: &Node, firsts: &std::collections::HashMap<&[u8], usize>) {
+        let dest = self.dest(&node.path);
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        let first = node.hardlink.as_deref().unwrap_or_default();
+        let first_ok = firsts
+            .get(first)
+            .is_some_and(|i| self.files[*i].done.load(Ordering::Acquire));
+        let first_dest = self.dest(first);
+        let linked = if !first_ok {
+            Err(format!(
+                "not restored: it is another name of {}, which was not restored",
+                first_dest.display()
+            ))
+        } else {
+            replace_with(&dest, |d| std::fs::hard_link(&first_dest, d))
+                .map_err(|e| format!("cannot link to {}: {e}", first_dest.display()))
+        };
+        match linked {
+            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
+            Err(e) => self.file_error(&dest, e),
         }
     }
 
@@ -341,12 +462,12 @@ impl Ctx {
         if self.files[i].failed.lock().expect("file lock").is_some() {
             return;
         }
+        let sparse = self.files[i].node.sparse;
         let written = frame::decode(frame_bytes, &self.key, &id)
             .map_err(|e| e.to_string())
             .and_then(|data| {
                 self.with_file(i, |file| {
-                    file.write_all_at(&data, offset)
-                        .map_err(|e| format!("write failed: {e}"))
+                    write_at(file, &data, offset, sparse).map_err(|e| format!("write failed: {e}"))
                 })?;
                 Ok(data.len())
             });
@@ -385,30 +506,85 @@ impl Ctx {
         else {
             return;
         };
-        let result = apply_metadata(tmp.path(), &f.node, false).and_then(|_| {
+        let result = self.apply(tmp.path(), &f.node).and_then(|_| {
             tmp.persist(&f.dest)
                 .map(|_| ())
                 .map_err(|e| format!("cannot move into place: {}", e.error))
         });
         match result {
-            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
+            Ok(()) => {
+                f.done.store(true, Ordering::Release);
+                self.progress.lock().expect("progress lock").stats.files += 1
+            }
             Err(e) => self.file_error(&f.dest, e),
         }
     }
 }
 
-fn symlink(dest: &Path, target: &[u8], node: &Node) -> Result<(), String> {
+fn symlink(dest: &Path, target: &[u8]) -> Result<(), String> {
+    replace_with(dest, |d| {
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), d)
+    })
+    .map_err(|e| format!("cannot create symlink: {e}"))
+}
+
+/// Makes `dest` with `make`, after removing a non-folder already there.
+fn replace_with(
+    dest: &Path,
+    make: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create folder: {e}"))?;
+        std::fs::create_dir_all(parent)?;
     }
     if let Ok(md) = std::fs::symlink_metadata(dest)
         && !md.is_dir()
     {
-        std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
+        std::fs::remove_file(dest)?;
     }
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
-        .map_err(|e| format!("cannot create symlink: {e}"))?;
-    apply_metadata(dest, node, true)
+    make(dest)
+}
+
+/// Writes `data` at `offset`; for a sparse file, aligned all-zero blocks
+/// are skipped (the file was sized first, so they read back as zeros).
+fn write_at(file: &File, data: &[u8], offset: u64, sparse: bool) -> std::io::Result<()> {
+    if !sparse {
+        return file.write_all_at(data, offset);
+    }
+    let mut at = 0usize;
+    while at < data.len() {
+        // Up to the next block boundary of the file.
+        let pos = offset + at as u64;
+        let end = (((pos / HOLE_BLOCK as u64) + 1) * HOLE_BLOCK as u64 - offset) as usize;
+        let block = &data[at..end.min(data.len())];
+        if block.iter().any(|b| *b != 0) {
+            file.write_all_at(block, pos)?;
+        }
+        at += block.len();
+    }
+    Ok(())
+}
+
+/// The snapshot's nodes the filter takes, with the folders above them.
+fn select_nodes(nodes: Vec<Node>, filter: &Filter) -> Vec<Node> {
+    let mut above: HashSet<Vec<u8>> = HashSet::new();
+    let taken: Vec<bool> = nodes.iter().map(|n| filter.takes(&n.path)).collect();
+    if filter.has_includes() {
+        for (n, t) in nodes.iter().zip(&taken) {
+            if *t {
+                above.extend(select::parents(&n.path).map(<[u8]>::to_vec));
+            }
+        }
+    }
+    nodes
+        .into_iter()
+        .zip(taken)
+        .filter(|(n, t)| {
+            *t || (matches!(n.kind, NodeKind::Dir)
+                && !filter.excluded(&n.path)
+                && above.contains(&n.path))
+        })
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Refuses a target that cannot be written, before anything is written.
@@ -426,30 +602,4 @@ fn check_writable(target: &Path) -> Result<(), ErrorReply> {
         .map_err(refuse)?;
     drop(probe);
     Ok(())
-}
-
-/// Sets owner, mode and mtime. Symlinks get owner and mtime only.
-fn apply_metadata(path: &Path, node: &Node, symlink: bool) -> Result<(), String> {
-    let owner = if symlink {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-    } else {
-        std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))
-    };
-    // Only root may give files away; others keep their own ownership.
-    if let Err(e) = owner
-        && rustix::process::geteuid().is_root()
-    {
-        return Err(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
-    }
-    if !symlink {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
-            .map_err(|e| format!("cannot set mode: {e}"))?;
-    }
-    let mtime = filetime::FileTime::from_unix_time(node.mtime, node.mtime_nsec);
-    if symlink {
-        filetime::set_symlink_file_times(path, mtime, mtime)
-    } else {
-        filetime::set_file_times(path, mtime, mtime)
-    }
-    .map_err(|e| format!("cannot set mtime: {e}"))
 }

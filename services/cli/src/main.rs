@@ -1,5 +1,7 @@
 //! `arca`, the operator's console: a client of the scheduler.
 
+mod browse;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -69,9 +71,35 @@ enum Command {
         /// Folder on the system to restore into (default: where the files came from).
         #[arg(long)]
         target: Option<String>,
+        /// Restore only paths matching this glob (and the folders above
+        /// them); repeatable. A pattern with a `/` matches the whole
+        /// absolute path, one without matches any name; `**` crosses folders.
+        #[arg(long)]
+        include: Vec<String>,
+        /// Do not restore paths matching this glob; repeatable.
+        #[arg(long)]
+        exclude: Vec<String>,
         /// Print the job id and return at once.
         #[arg(long)]
         detach: bool,
+    },
+    /// List the files of a snapshot (everything, or what is at or under `path`).
+    Ls {
+        /// Snapshot id.
+        snapshot: String,
+        /// Absolute path in the snapshot.
+        path: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two snapshots: `+` added, `-` removed,
+    /// `M` content changed, `m` metadata only.
+    Diff {
+        /// Older snapshot id.
+        from: String,
+        /// Newer snapshot id.
+        to: String,
     },
     /// Follow a job's events, from the first, until it ends.
     Watch {
@@ -253,6 +281,12 @@ async fn main() -> ExitCode {
     }
 }
 
+fn parse_snapshot(s: &str) -> anyhow::Result<SnapshotId> {
+    SnapshotId::parse(s).with_context(|| {
+        format!("{s:?} is not a snapshot id (16 hex digits; see `arca snapshots`)")
+    })
+}
+
 async fn call<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
     scheduler: &str,
@@ -413,19 +447,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore {
             snapshot,
             target,
+            include,
+            exclude,
             detach,
         } => {
-            let snapshot = SnapshotId::parse(&snapshot).with_context(|| {
-                format!("{snapshot:?} is not a snapshot id (16 hex digits; see `arca snapshots`)")
-            })?;
+            let snapshot = parse_snapshot(&snapshot)?;
+            let filter = arca_schemas::PathFilter { include, exclude };
             let r: JobsStarted = call(
                 &client,
                 s,
                 SchedulerVerb::Restore,
-                &StartRestore { snapshot, target },
+                &StartRestore {
+                    snapshot,
+                    target,
+                    filter,
+                },
             )
             .await?;
             follow_jobs(&client, r.jobs, detach).await
+        }
+        Command::Ls {
+            snapshot,
+            path,
+            json,
+        } => {
+            browse::ls(
+                &client,
+                s,
+                &parse_snapshot(&snapshot)?,
+                path.as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Diff { from, to } => {
+            browse::diff(&client, s, &parse_snapshot(&from)?, &parse_snapshot(&to)?).await
         }
         Command::Watch { job } => {
             let job = parse_job(&job)?;
@@ -860,6 +916,7 @@ fn print_event(e: &JobEvent) {
                 .unwrap_or_default()
         ),
         EventDetail::FileFailed { file } => format!("file failed: {}: {}", file.path, file.error),
+        EventDetail::FileWarning { file } => format!("warning: {}: {}", file.path, file.error),
         EventDetail::Transferred {
             stats,
             snapshot,

@@ -204,6 +204,16 @@ impl Media {
                 };
                 respond(&self.client, &msg, r).await
             }
+            Some(MediaVerb::Tree) => {
+                let r = match decode_request::<ListTree>(&msg.payload) {
+                    Ok(req) => {
+                        let repo = self.repo.clone();
+                        blocking("listing", move || list_tree(&repo, &req)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                respond(&self.client, &msg, r).await
+            }
             Some(MediaVerb::RepairIndex) => {
                 let repo = self.repo.clone();
                 let r = tokio::task::spawn_blocking(move || repo.repair_index())
@@ -530,4 +540,45 @@ impl Media {
             tree: record.tree,
         })
     }
+}
+
+/// One page of a snapshot's file list, chunk lists summed up by a digest.
+fn list_tree(repo: &Repository, req: &ListTree) -> Result<TreePage, ErrorReply> {
+    let record = repo
+        .read_snapshot(&req.snapshot)
+        .map_err(|e| e.to_reply())?;
+    let system = record.info.system;
+    let pages = record.tree.len() as u32;
+    let Some(id) = record.tree.get(req.page as usize) else {
+        return Ok(TreePage {
+            system,
+            pages,
+            entries: Vec::new(),
+        });
+    };
+    let batch = repo.tree_batch(&system, id).map_err(|e| e.to_reply())?;
+    let entries = batch
+        .nodes
+        .into_iter()
+        .map(|mut node| {
+            let content = match &mut node.kind {
+                NodeKind::File { chunks, sizes } => {
+                    let mut h = blake3::Hasher::new();
+                    for c in chunks.iter() {
+                        h.update(&c.0);
+                    }
+                    chunks.clear();
+                    sizes.clear();
+                    Some(h.finalize().to_hex().to_string())
+                }
+                _ => None,
+            };
+            TreeEntry { node, content }
+        })
+        .collect();
+    Ok(TreePage {
+        system,
+        pages,
+        entries,
+    })
 }

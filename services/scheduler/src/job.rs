@@ -478,6 +478,7 @@ impl Driver {
                 stats: info.stats,
                 snapshot: Some(info.id),
                 file_errors: info.file_errors,
+                file_warnings: Vec::new(),
                 error: None,
             },
             None => {
@@ -487,8 +488,13 @@ impl Driver {
         };
         self.rec.stats = outcome.stats.clone();
         self.rec.file_errors = outcome.file_errors.clone();
+        self.rec.file_warnings = outcome.file_warnings.clone();
         for f in &outcome.file_errors {
             self.event(EventDetail::FileFailed { file: f.clone() })
+                .await;
+        }
+        for f in &outcome.file_warnings {
+            self.event(EventDetail::FileWarning { file: f.clone() })
                 .await;
         }
         if let Some(e) = outcome.error {
@@ -621,6 +627,7 @@ impl Driver {
                         _ => self.parent_snapshot(system).await,
                     },
                     chunk_key: chunk_key.key,
+                    selection: system.selection(),
                 };
                 let _: TransferAccepted = rpc::retry(retry, || {
                     rpc::request(
@@ -643,6 +650,7 @@ impl Driver {
                         .expect("restore jobs name a snapshot"),
                     target: self.rec.target.clone(),
                     chunk_key: chunk_key.key,
+                    filter: self.rec.filter.clone(),
                 };
                 let _: TransferAccepted = rpc::retry(retry, || {
                     rpc::request(
@@ -727,6 +735,7 @@ impl Driver {
                             stats: info.stats,
                             snapshot: Some(info.id),
                             file_errors: info.file_errors,
+                            file_warnings: Vec::new(),
                             error: None,
                         });
                     }

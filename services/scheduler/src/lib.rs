@@ -160,6 +160,7 @@ struct NewJob {
     backup_type: Option<BackupType>,
     trigger: Trigger,
     scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    filter: arca_schemas::PathFilter,
 }
 
 pub(crate) struct Scheduler {
@@ -330,6 +331,7 @@ impl Scheduler {
             backup_type,
             trigger,
             scheduled_for,
+            filter,
         } = new;
         let now = chrono::Utc::now();
         let rec = JobRecord {
@@ -347,6 +349,8 @@ impl Scheduler {
             prepared: false,
             stats: Default::default(),
             file_errors: Vec::new(),
+            file_warnings: Vec::new(),
+            filter,
             error: None,
             backup_type,
             trigger,
@@ -392,6 +396,7 @@ impl Scheduler {
                 backup_type: Some(backup_type),
                 trigger,
                 scheduled_for,
+                filter: Default::default(),
             };
             let rec = self.create_job(sys, new).await?;
             jobs.push((rec.priority, rec.id));
@@ -433,6 +438,7 @@ impl Scheduler {
             kind: JobKind::Restore,
             snapshot: Some(req.snapshot),
             target: req.target,
+            filter: req.filter,
             backup_type: None,
             trigger: Trigger::Operator,
             scheduled_for: None,

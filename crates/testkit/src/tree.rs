@@ -1,8 +1,11 @@
 //! Building file trees and comparing two of them as a user would: names,
-//! kinds, bytes, symlink targets, modes, owners and modification times.
+//! kinds, bytes, symlink targets, modes, owners, modification times,
+//! extended attributes (ACLs among them), device numbers, which names are
+//! hard links of one another, and the blocks a sparse file allocates.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -39,10 +42,37 @@ struct Seen {
     size: u64,
     link: Option<PathBuf>,
     digest: Option<[u8; 32]>,
+    rdev: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Other names of the same inode within the tree.
+    hard_links: Vec<OsString>,
+    /// Allocated 512-byte blocks, for sparse files only.
+    sparse_blocks: Option<u64>,
+}
+
+/// Extended attributes of `path` (not following symlinks), sorted.
+pub fn xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name_os = std::ffi::OsStr::from_bytes(name);
+        let mut value = vec![0u8; 64 * 1024];
+        let len = rustix::fs::lgetxattr(path, name_os, &mut value[..])?;
+        value.truncate(len);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn scan(root: &Path) -> std::io::Result<BTreeMap<OsString, Seen>> {
     let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<OsString>> = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let path = root.join(&rel);
@@ -60,6 +90,13 @@ fn scan(root: &Path) -> std::io::Result<BTreeMap<OsString, Seen>> {
         } else {
             ("other", None, None)
         };
+        if !ft.is_dir() && md.nlink() > 1 {
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(rel.clone().into_os_string());
+        }
+        let sparse = ft.is_file() && md.blocks() * 512 < md.size();
         out.insert(
             rel.into_os_string(),
             Seen {
@@ -71,8 +108,21 @@ fn scan(root: &Path) -> std::io::Result<BTreeMap<OsString, Seen>> {
                 size: if ft.is_file() { md.size() } else { 0 },
                 link,
                 digest,
+                rdev: md.rdev(),
+                xattrs: xattrs(&path)?,
+                hard_links: Vec::new(),
+                sparse_blocks: sparse.then_some(md.blocks()),
             },
         );
+    }
+    for names in inodes.values() {
+        for n in names {
+            let mut others: Vec<OsString> = names.iter().filter(|o| *o != n).cloned().collect();
+            others.sort();
+            if let Some(seen) = out.get_mut(n) {
+                seen.hard_links = others;
+            }
+        }
     }
     Ok(out)
 }

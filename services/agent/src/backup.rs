@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -554,7 +553,7 @@ impl Reader<'_> {
             self.remember_link(link_key, &n);
             return self.push(n);
         }
-        let file = match File::open(path) {
+        let file = match meta::open_regular(path) {
             Ok(f) => f,
             Err(e) => {
                 self.file_error(path, format!("cannot open: {e}"));
@@ -727,7 +726,7 @@ fn is_inside(path: &[u8], dir: &[u8]) -> bool {
 fn is_cache_dir(dir: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
-    File::open(dir.join("CACHEDIR.TAG"))
+    meta::open_regular(&dir.join("CACHEDIR.TAG"))
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok()
         && head == CACHEDIR_SIGNATURE

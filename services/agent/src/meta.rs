@@ -63,6 +63,22 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, String> {
     Ok(out)
 }
 
+/// Opens a regular file for reading without following a symlink and
+/// without waiting: a path swapped for a FIFO or a device between the walk
+/// and the open is refused rather than blocking the reader.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    Ok(file)
+}
+
 /// Owner and group names by id, and ids by name, looked up once each
 /// (through the system's name service).
 #[derive(Debug, Default)]
@@ -202,13 +218,11 @@ pub fn apply(path: &Path, node: &Node, names: &mut Names) -> Result<(), String> 
         rustix::fs::lsetxattr(path, name, &x.value, rustix::fs::XattrFlags::empty())
             .map_err(|e| format!("cannot set extended attribute {}: {e}", name.display()))?;
     }
+    // By path, never opening it (opening a FIFO would wait for a writer),
+    // and not following a symlink.
     let mtime = filetime::FileTime::from_unix_time(node.mtime, node.mtime_nsec);
-    if symlink {
-        filetime::set_symlink_file_times(path, mtime, mtime)
-    } else {
-        filetime::set_file_times(path, mtime, mtime)
-    }
-    .map_err(|e| format!("cannot set mtime: {e}"))
+    filetime::set_symlink_file_times(path, mtime, mtime)
+        .map_err(|e| format!("cannot set mtime: {e}"))
 }
 
 #[cfg(test)]

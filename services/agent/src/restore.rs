@@ -351,7 +351,7 @@ impl Ctx {
         let NodeKind::File { chunks, sizes } = &f.node.kind else {
             return false;
         };
-        let Ok(file) = File::open(&f.dest) else {
+        let Ok(file) = meta::open_regular(&f.dest) else {
             return false;
         };
         let mut offset = 0u64;

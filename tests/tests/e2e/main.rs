@@ -32,6 +32,7 @@ mod dashboard;
 mod events;
 mod firewall;
 mod hooks;
+mod metadata;
 mod registry;
 mod repository;
 mod round_trip;

@@ -94,14 +94,20 @@ pub async fn run(
     };
     let key = req.chunk_key;
     let parent = match &req.parent {
-        Some(id) => match load_parent(&client, &system, &req.media, id, &key, timeout).await {
-            Ok(p) => p,
+        Some(id) => match parent_tree(&client, &system, &req.media, id).await {
+            Ok(tree) => Parent::new(
+                tree,
+                client.clone(),
+                subject::media_data(&req.media, &system, MediaDataVerb::Get),
+                key,
+                timeout,
+            ),
             Err(e) => {
                 tracing::warn!(parent = %id, error = %e.message, "parent snapshot unreadable; reading every file");
-                ParentFiles::new()
+                Parent::none()
             }
         },
-        None => ParentFiles::new(),
+        None => Parent::none(),
     };
     let reader = tokio::task::spawn_blocking(move || {
         read_all(
@@ -232,15 +238,13 @@ pub async fn run(
     }
 }
 
-/// The files of the parent snapshot, for skipping unchanged ones.
-async fn load_parent(
+/// The tree chunk ids of the parent snapshot.
+async fn parent_tree(
     client: &async_nats::Client,
     system: &str,
     media: &str,
     id: &arca_schemas::SnapshotId,
-    key: &[u8; 32],
-    timeout: Duration,
-) -> Result<ParentFiles, ErrorReply> {
+) -> Result<Vec<ChunkId>, ErrorReply> {
     let snap: arca_schemas::msg::SnapshotReply = rpc::request(
         client,
         subject::media_data(media, system, MediaDataVerb::Snapshot),
@@ -250,24 +254,106 @@ async fn load_parent(
     )
     .await
     .map_err(|e| e.to_reply())?;
-    let get = subject::media_data(media, system, MediaDataVerb::Get);
-    let mut files = ParentFiles::new();
-    for tree in &snap.tree {
-        let body = arca_schemas::msg::GetChunk { id: *tree };
-        let data: arca_schemas::msg::ChunkData =
-            rpc::request_with_timeout(client, get.clone(), &body, timeout)
-                .await
-                .map_err(|e| e.to_reply())?;
-        let plain = frame::decode(&data.frame, key, tree).map_err(|e| e.to_reply())?;
-        let batch: TreeBatch =
-            codec::decode(&plain).map_err(|e| ErrorReply::internal(e.to_string()))?;
-        for n in batch.nodes {
-            if matches!(n.kind, NodeKind::File { .. }) {
-                files.insert(n.path.clone(), n);
+    Ok(snap.tree)
+}
+
+/// The parent snapshot's nodes, read one tree chunk at a time alongside
+/// the walk: both are in path order, so the node for a path is found by
+/// moving forward only, and memory holds one tree chunk, not the tree.
+pub struct Parent {
+    batches: std::vec::IntoIter<ChunkId>,
+    nodes: std::collections::VecDeque<Node>,
+    fetch: Option<ParentFetch>,
+}
+
+struct ParentFetch {
+    client: async_nats::Client,
+    subject: String,
+    key: [u8; 32],
+    timeout: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Parent {
+    fn new(
+        tree: Vec<ChunkId>,
+        client: async_nats::Client,
+        subject: String,
+        key: [u8; 32],
+        timeout: Duration,
+    ) -> Parent {
+        Parent {
+            batches: tree.into_iter(),
+            nodes: Default::default(),
+            fetch: Some(ParentFetch {
+                client,
+                subject,
+                key,
+                timeout,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    /// No parent: every file is read.
+    pub fn none() -> Parent {
+        Parent {
+            batches: Vec::new().into_iter(),
+            nodes: Default::default(),
+            fetch: None,
+        }
+    }
+
+    /// The parent's node for `path`, if it had one. Paths must be asked
+    /// in walk order; nodes before `path` are dropped. A tree chunk that
+    /// cannot be read ends the parent (the rest of the files are read).
+    fn get(&mut self, path: &[u8]) -> Option<&Node> {
+        let want = Path::new(OsStr::from_bytes(path));
+        loop {
+            if self.nodes.is_empty() && !self.next_batch() {
+                return None;
+            }
+            let front = self.nodes.front()?;
+            match Path::new(OsStr::from_bytes(&front.path)).cmp(want) {
+                std::cmp::Ordering::Less => {
+                    self.nodes.pop_front();
+                }
+                std::cmp::Ordering::Equal => return self.nodes.front(),
+                std::cmp::Ordering::Greater => return None,
             }
         }
     }
-    Ok(files)
+
+    fn next_batch(&mut self) -> bool {
+        let (Some(f), Some(id)) = (&self.fetch, self.batches.next()) else {
+            return false;
+        };
+        let body = arca_schemas::msg::GetChunk { id };
+        let got: Result<TreeBatch, String> = f
+            .runtime
+            .block_on(rpc::retry(Duration::from_secs(30), || {
+                rpc::request_with_timeout::<_, arca_schemas::msg::ChunkData>(
+                    &f.client,
+                    f.subject.clone(),
+                    &body,
+                    f.timeout,
+                )
+            }))
+            .map_err(|e| e.to_string())
+            .and_then(|d| frame::decode(&d.frame, &f.key, &id).map_err(|e| e.to_string()))
+            .and_then(|plain| codec::decode(&plain).map_err(|e| e.to_string()));
+        match got {
+            Ok(batch) => {
+                self.nodes.extend(batch.nodes);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "parent tree chunk unreadable; reading the remaining files");
+                self.fetch = None;
+                false
+            }
+        }
+    }
 }
 
 /// Asks media which chunks it already holds, from the reader thread.
@@ -317,7 +403,7 @@ struct FirstName {
 }
 
 struct Reader<'a> {
-    parent: ParentFiles,
+    parent: Parent,
     params: ChunkParams,
     key: [u8; 32],
     asker: HasAsker,
@@ -342,7 +428,7 @@ struct Reader<'a> {
 /// The reader thread: walks, chunks, and feeds the sender.
 #[allow(clippy::too_many_arguments)]
 fn read_all(
-    parent: ParentFiles,
+    parent: Parent,
     paths: &[String],
     selection: &Selection,
     params: ChunkParams,
@@ -731,9 +817,6 @@ fn is_cache_dir(dir: &Path) -> bool {
         .is_ok()
         && head == CACHEDIR_SIGNATURE
 }
-
-/// The parent snapshot's files, by path.
-pub type ParentFiles = std::collections::HashMap<Vec<u8>, Node>;
 
 /// True when `now` is the same file, unchanged, as `before`.
 fn unchanged(before: &Node, now: &std::fs::Metadata) -> bool {

@@ -71,6 +71,7 @@ enum Item {
 pub async fn run(
     client: async_nats::Client,
     system: String,
+    identity: arca_runtime::identity::Identity,
     req: StartBackupTransfer,
     params: ChunkParams,
     window: usize,
@@ -191,8 +192,14 @@ pub async fn run(
             Some(ErrorReply::internal("reader ended without a tree")),
         );
     };
+    // The agent vouches for the snapshot: media commits it only when the
+    // key enrolled for this system signed this manifest.
+    let signature = identity.sign(&arca_runtime::trust::manifest_bytes(
+        &system, req.job, &tree,
+    ));
     let commit = CommitSnapshot {
         session: req.session.clone(),
+        signature,
         tree,
         stats: stats.clone(),
         file_errors: file_errors.clone(),
@@ -227,6 +234,7 @@ async fn load_parent(
         subject::media_data(media, system, MediaDataVerb::Snapshot),
         &arca_schemas::msg::GetSnapshot {
             snapshot: id.clone(),
+            session: None,
         },
     )
     .await
@@ -234,7 +242,10 @@ async fn load_parent(
     let get = subject::media_data(media, system, MediaDataVerb::Get);
     let mut files = ParentFiles::new();
     for tree in &snap.tree {
-        let body = arca_schemas::msg::GetChunk { id: *tree };
+        let body = arca_schemas::msg::GetChunk {
+            id: *tree,
+            session: None,
+        };
         let data: arca_schemas::msg::ChunkData =
             rpc::request_with_timeout(client, get.clone(), &body, timeout)
                 .await

@@ -262,9 +262,10 @@ impl Stack {
         Ok(path)
     }
 
-    /// Writes a service's configuration: `text`, then its identity, the
-    /// scheduler's key (media) and TLS.
-    fn write_service(&self, name: &str, text: &str, service: &str) -> anyhow::Result<PathBuf> {
+    /// Writes a service's configuration: `text`, then the identity of
+    /// `service` (see [`Security::identity_file`]), the scheduler's key
+    /// (media) and TLS.
+    pub fn write_service(&self, name: &str, text: &str, service: &str) -> anyhow::Result<PathBuf> {
         let sec = self
             .sec
             .toml(&self.sec.identity_file(service), service == "media", None);
@@ -276,13 +277,20 @@ impl Stack {
         self.write_service("scheduler.toml", text, "scheduler")
     }
 
-    /// Writes an agent's configuration and identity; admits it to the
-    /// server first when `enroll` (a running stack).
-    async fn prepare_agent(&mut self, system: &str, uid: Option<u32>) -> anyhow::Result<PathBuf> {
+    /// Admits the agent of `system` to the server (its user, confined to
+    /// its own subjects), reloading the server's configuration.
+    pub async fn enroll(&mut self, system: &str) -> anyhow::Result<()> {
         if self.sec.enroll(system) {
             let auth = self.sec.authorization();
             self.nats.set_authorization(&auth).await?;
         }
+        Ok(())
+    }
+
+    /// Writes an agent's configuration and identity, admitting it to the
+    /// server first.
+    async fn prepare_agent(&mut self, system: &str, uid: Option<u32>) -> anyhow::Result<PathBuf> {
+        self.enroll(system).await?;
         self.agent_files(system, uid)
     }
 

@@ -27,6 +27,28 @@ pub fn agent_key(system: &str) -> String {
     agent_pair(system).public_key()
 }
 
+/// The nkey seed of `system`'s agent, as its identity file holds it.
+pub fn agent_seed(system: &str) -> String {
+    agent_pair(system)
+        .seed()
+        .expect("a raw key pair has a seed")
+}
+
+/// Signs `data` with the key of `system`'s agent.
+pub fn agent_sign(system: &str, data: &[u8]) -> Vec<u8> {
+    agent_pair(system).sign(data).expect("a raw key pair signs")
+}
+
+/// Connect options of `system`'s agent: its key, its inbox, TLS.
+pub fn agent_options(system: &str) -> async_nats::ConnectOptions {
+    let pki = Pki::shared();
+    async_nats::ConnectOptions::with_nkey(agent_seed(system))
+        .custom_inbox_prefix(arca_schemas::subject::agent_inbox_prefix(system))
+        .require_tls(true)
+        .add_root_certificates(pki.ca())
+        .add_client_certificate(pki.client_cert(), pki.client_key())
+}
+
 /// Writes the identity file of `system`'s agent (mode 0600), owned by
 /// `uid` when given.
 pub fn write_agent_identity(path: &Path, system: &str, uid: Option<u32>) -> anyhow::Result<()> {
@@ -62,11 +84,18 @@ impl Security {
         let scheduler = id("scheduler")?;
         let media = id("media")?;
         let firewall = id("firewall")?;
+        // Further controllers some tests start.
+        let router = id("firewall-router")?;
+        let other = id("firewall-other")?;
         let operator = id("operator")?;
         let users = Users {
             schedulers: vec![("main".into(), scheduler.public_key())],
             media: vec![("main".into(), media.public_key())],
-            firewalls: vec![(crate::FIREWALL.into(), firewall.public_key())],
+            firewalls: vec![
+                (crate::FIREWALL.into(), firewall.public_key()),
+                ("router".into(), router.public_key()),
+                ("other".into(), other.public_key()),
+            ],
             operators: vec![operator.public_key()],
             agents: Vec::new(),
             dashboards: vec![(DASHBOARD.0.into(), DASHBOARD.1.into())],
@@ -80,7 +109,7 @@ impl Security {
     }
 
     /// The identity file of a service (`scheduler`, `media`, `firewall`,
-    /// `operator`).
+    /// `firewall-router`, `firewall-other`, `operator`).
     pub fn identity_file(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.nk"))
     }

@@ -12,9 +12,7 @@ use arca_schemas::MIN_NATS_SERVER;
 #[non_exhaustive]
 pub enum NatsError {
     /// No server answered at the URL.
-    #[error(
-        "cannot connect to NATS at {url}: {source}; is nats-server running there? (start one with ops/start-nats)"
-    )]
+    #[error("cannot connect to NATS at {url}: {source}; {}", connect_hint(source))]
     Connect {
         /// URL tried.
         url: String,
@@ -105,6 +103,21 @@ impl Credentials {
             options = options.custom_inbox_prefix(prefix);
         }
         Ok(options)
+    }
+}
+
+/// What to check after a failed connection.
+fn connect_hint(e: &async_nats::ConnectError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
+        "the server requires TLS: give the authority that signed its certificate and this \
+         program's client certificate ([tls] ca-file, cert-file, key-file; for arca: --tls-ca, \
+         --tls-cert, --tls-key)"
+    } else if text.contains("uthorization") {
+        "the server does not know this program's identity: give its identity file \
+         (identity-file; for arca: --identity) and check that `arca nats-config` admitted its key"
+    } else {
+        "is nats-server running there? (start one with ops/start-nats)"
     }
 }
 

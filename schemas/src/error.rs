@@ -27,6 +27,10 @@ pub enum ErrorCode {
     Storage,
     /// Stored data failed its integrity check.
     Corrupt,
+    /// The request lacks a valid authorization: no token, or one that is
+    /// forged, expired, replayed or for another system; a signature that
+    /// does not match.
+    Forbidden,
     /// Anything else; a bug or an unexpected condition.
     Internal,
 }
@@ -62,6 +66,11 @@ impl ErrorReply {
     /// Shorthand for [`ErrorCode::NotFound`].
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// Shorthand for [`ErrorCode::Forbidden`].
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// Shorthand for [`ErrorCode::Internal`].

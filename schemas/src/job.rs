@@ -255,6 +255,13 @@ pub struct JobRecord {
     /// How often a restarted scheduler picked the job up again.
     #[serde(default)]
     pub resumed: u32,
+    /// Restore onto another system: the snapshot's own system (the
+    /// operator allowed it explicitly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_system: Option<String>,
+    /// The operator who asked, when the console said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 /// Who selected a job.

@@ -34,6 +34,9 @@ pub fn all() -> Vec<(&'static str, String)> {
         one::<msg::CommitSnapshot>("commit-snapshot.json"),
         one::<crate::error::ErrorReply>("error-reply.json"),
         one::<crate::tree::TreeBatch>("tree-batch.json"),
+        one::<crate::trust::TokenClaims>("token-claims.json"),
+        one::<crate::trust::SnapshotManifest>("snapshot-manifest.json"),
+        one::<crate::trust::AuditRecord>("audit-record.json"),
     ]
 }
 

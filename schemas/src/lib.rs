@@ -7,6 +7,7 @@
 //! - [`tree`]: the file tree a backup records, carried inside tree chunks.
 //! - [`chunk`]: chunk ids and the self-describing chunk framing.
 //! - [`codec`]: how bodies are encoded.
+//! - [`trust`]: job tokens, the signed snapshot manifest, audit records.
 //!
 //! [`PROTOCOL_VERSION`] changes whenever a message changes incompatibly.
 
@@ -21,6 +22,7 @@ pub mod names;
 pub mod subject;
 pub mod system;
 pub mod tree;
+pub mod trust;
 
 pub use chunk::ChunkId;
 pub use error::{ErrorCode, ErrorReply};

@@ -136,7 +136,8 @@ pub struct JobsStarted {
     pub jobs: Vec<JobId>,
 }
 
-/// Restore a snapshot onto its own system.
+/// Restore a snapshot onto its own system, or onto another one when the
+/// operator says so explicitly.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct StartRestore {
@@ -147,6 +148,15 @@ pub struct StartRestore {
     /// Which of the snapshot's paths to restore; empty restores all.
     #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
     pub filter: PathFilter,
+    /// System to restore onto; `None`: the snapshot's own system.
+    #[serde(default)]
+    pub to_system: Option<String>,
+    /// Required when `to-system` is another system than the snapshot's.
+    #[serde(default)]
+    pub allow_cross_system: bool,
+    /// Who asks (recorded in the audit stream).
+    #[serde(default)]
+    pub operator: Option<String>,
 }
 
 /// List jobs, newest first.
@@ -212,6 +222,13 @@ pub struct SnapshotInfo {
     pub stats: TransferStats,
     /// Files that could not be read; a snapshot with any is partial.
     pub file_errors: Vec<FileError>,
+    /// Public key of the agent that signed the snapshot's manifest (the
+    /// key enrolled for `system` when it was committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The manifest signature (ed25519, hex), checkable against `signer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 // ---------------------------------------------------------------- firewall
@@ -421,7 +438,11 @@ pub struct StartRestoreTransfer {
     pub snapshot: SnapshotId,
     /// Folder to restore into; `None` puts files back where they were.
     pub target: Option<String>,
-    /// The system's chunk-id key, to check every restored byte.
+    /// Restore onto another system: the media restore session that lets
+    /// this system read the snapshot.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The chunk-id key of the snapshot's system, to check every restored byte.
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub chunk_key: [u8; 32],
@@ -557,6 +578,11 @@ pub struct CommitSnapshot {
     pub stats: TransferStats,
     /// Files that could not be read.
     pub file_errors: Vec<FileError>,
+    /// The agent's ed25519 signature of the
+    /// [`crate::trust::SnapshotManifest`] (system, job, tree).
+    #[serde(default, with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub signature: Vec<u8>,
 }
 
 /// Answer to [`CommitSnapshot`].
@@ -573,6 +599,10 @@ pub struct SnapshotCommitted {
 pub struct GetChunk {
     /// Chunk id.
     pub id: ChunkId,
+    /// Restore onto another system: the restore session (see
+    /// [`OpenRestoreSession`]); `None` reads the asking system's own data.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// Answer to [`GetChunk`].
@@ -590,6 +620,22 @@ pub struct ChunkData {
 #[serde(rename_all = "kebab-case")]
 pub struct GetSnapshot {
     /// Snapshot id.
+    pub snapshot: SnapshotId,
+    /// Restore onto another system: the restore session.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Let one system read another system's snapshot for a restore the
+/// operator allowed (scheduler to media, with a token saying so).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct OpenRestoreSession {
+    /// Job id; opening twice for a job returns the same session.
+    pub job: JobId,
+    /// System the snapshot is restored onto.
+    pub system: String,
+    /// Snapshot to read.
     pub snapshot: SnapshotId,
 }
 

@@ -2,6 +2,8 @@
 
 /// Stream that keeps every job event (`arca.events.>`).
 pub const EVENTS_STREAM: &str = "ARCA_EVENTS";
+/// Stream that keeps the audit records (`arca.audit.>`).
+pub const AUDIT_STREAM: &str = "ARCA_AUDIT";
 /// Bucket of registered systems, keyed by system name.
 pub const SYSTEMS_BUCKET: &str = "ARCA_SYSTEMS";
 /// Bucket of job records, keyed by job id.

@@ -79,6 +79,101 @@ pub fn events_of(job: &JobId) -> String {
 /// Every job event.
 pub const EVENTS_ALL: &str = "arca.events.>";
 
+/// An audit record: `arca.audit.<service>.<id>.<kind>`, where `service` is
+/// `scheduler`, `media` or `agent` and `id` its id (an agent's: its system).
+pub fn audit(service: &str, id: &str, kind: &str) -> String {
+    format!("arca.audit.{service}.{id}.{kind}")
+}
+
+/// Every audit record.
+pub const AUDIT_ALL: &str = "arca.audit.>";
+
+/// Inbox prefix of the agent of `system`: its replies arrive under it, and
+/// the server lets no other agent subscribe there.
+pub fn agent_inbox_prefix(system: &str) -> String {
+    format!("_INBOX_{system}")
+}
+
+/// Subjects one NATS user may publish and subscribe to, as the server's
+/// permissions list them. Replies to requests it received are allowed on
+/// top (`allow_responses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish on.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+/// The agent of `system`: requests to it, its own data subjects on every
+/// media service, its own audit records and its own inbox; nothing else,
+/// no JetStream.
+pub fn agent_permissions(system: &str) -> Permissions {
+    Permissions {
+        publish: vec![
+            format!("arca.media.*.data.{system}.>"),
+            format!("arca.audit.agent.{system}.>"),
+        ],
+        subscribe: vec![
+            format!("arca.agent.{system}.>"),
+            format!("{}.>", agent_inbox_prefix(system)),
+        ],
+    }
+}
+
+/// A scheduler: its requests, requests to every service, events, audit
+/// records and its JetStream state.
+pub fn scheduler_permissions(id: &str) -> Permissions {
+    Permissions {
+        publish: vec![
+            "arca.>".into(),
+            "$JS.>".into(),
+            "$KV.>".into(),
+            "_INBOX.>".into(),
+        ],
+        subscribe: vec![format!("arca.scheduler.{id}.>"), "_INBOX.>".into()],
+    }
+}
+
+/// A media service: requests to it (control and data), its audit records.
+pub fn media_permissions(id: &str) -> Permissions {
+    Permissions {
+        publish: vec![format!("arca.audit.media.{id}.>")],
+        subscribe: vec![format!("arca.media.{id}.>"), "_INBOX.>".into()],
+    }
+}
+
+/// A dashboard: reads the job events (the stream `ARCA_EVENTS` and live
+/// events), nothing else.
+pub fn dashboard_permissions() -> Permissions {
+    let stream = crate::names::EVENTS_STREAM;
+    Permissions {
+        publish: vec![
+            "$JS.API.INFO".into(),
+            "$JS.API.STREAM.NAMES".into(),
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+            "$JS.FC.>".into(),
+        ],
+        subscribe: vec![EVENTS_ALL.into(), "_INBOX.>".into()],
+    }
+}
+
+/// A firewall controller: requests to it, and reading the job records.
+pub fn firewall_permissions(id: &str) -> Permissions {
+    Permissions {
+        publish: vec!["$JS.>".into(), "$KV.>".into(), "_INBOX.>".into()],
+        subscribe: vec![format!("arca.fw.{id}.>"), "_INBOX.>".into()],
+    }
+}
+
 macro_rules! verbs {
     ($(#[$m:meta])* $name:ident { $($v:ident = $s:literal),* $(,)? }) => {
         $(#[$m])*
@@ -146,6 +241,7 @@ verbs!(
         Session = "session",
         Snapshots = "snapshots",
         Snapshot = "snapshot",
+        RestoreSession = "restore-session",
         ChunkKey = "chunk-key",
         Verify = "verify",
         RepairIndex = "repair-index",

@@ -26,8 +26,10 @@ pub struct SystemConfig {
     /// Hooks run by the agent around backups and restores.
     #[serde(default)]
     pub hooks: Hooks,
-    /// The agent's NATS identity (its user name or public nkey), recorded
-    /// so that an operator can check who may speak for the system.
+    /// The agent's public key (`U...`, an nkey): enrollment. The NATS
+    /// server lets only this key speak for the system, and media commits a
+    /// snapshot of the system only when this key signed its manifest. A
+    /// system without one is registered but cannot be backed up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     /// Glob patterns: when set, only files under `paths` that match one

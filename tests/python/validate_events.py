@@ -4,6 +4,7 @@ written in another language would, and validates each against the JSON
 Schema of job events (schemas/json/job-event.json).
 
 Usage: validate_events.py --nats-url URL --schema PATH
+           [--user U --password P] [--tls-ca CA [--tls-cert C --tls-key K]]
 
 Prints one JSON summary line on stdout:
   {"events": N, "jobs": {"<job>": "<final status>"}, "kinds": [...]}
@@ -15,6 +16,7 @@ not `ended`. Needs nats-py and jsonschema (ops/test installs them).
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 
 import jsonschema
@@ -24,8 +26,17 @@ from nats.js.errors import NotFoundError
 STREAM = "ARCA_EVENTS"
 
 
-async def read_events(url):
-    nc = await nats.connect(url)
+async def read_events(url, args):
+    options = {}
+    if args.user:
+        options["user"] = args.user
+        options["password"] = args.password
+    if args.tls_ca:
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        options["tls"] = ctx
+    nc = await nats.connect(url, **options)
     try:
         js = nc.jetstream()
         info = await js.stream_info(STREAM)
@@ -46,6 +57,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nats-url", required=True)
     parser.add_argument("--schema", required=True)
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
 
     with open(args.schema, encoding="utf-8") as f:
@@ -54,7 +70,7 @@ def main():
     cls.check_schema(schema)
     validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
 
-    raw = asyncio.run(read_events(args.nats_url))
+    raw = asyncio.run(read_events(args.nats_url, args))
     problems = []
     jobs = {}
     last_kind = {}

@@ -5,6 +5,14 @@
 //! backend. [`Stack::start_net`] runs nats-server, scheduler, media and an
 //! nftables firewall controller in a high-trust network namespace, with two
 //! operations-center namespaces joined to it by veth pairs (see [`Net`]).
+//!
+//! Every stack is secured as a deployment is ([`Security`]): the server
+//! admits only the users `arca nats-config` would write (one per service,
+//! the test as operator, one per enrolled agent, confined to its own
+//! subjects), over TLS with client certificates; the scheduler signs job
+//! tokens and the agents and media check them. [`system`] enrolls a
+//! system with a key derived from its name; [`Stack::start_agent`] admits
+//! its agent to the server and gives it that key.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +28,9 @@ use arca_schemas::{JobId, JobRecord, SystemConfig};
 use arca_testkit::netns::{self, End, Netns};
 use arca_testkit::{NatsOptions, NatsServer, ServiceProcess, bin_path};
 use futures::StreamExt;
+
+pub mod security;
+pub use security::{Security, agent_key};
 
 /// Firewall controller id every stack starts.
 pub const FIREWALL: &str = "local";
@@ -47,6 +58,8 @@ pub struct Stack {
     /// The namespaces, for stacks made by [`Stack::start_net`]. Dropped
     /// after the services.
     pub net: Option<Net>,
+    /// Identities and the server's users.
+    pub sec: Security,
 }
 
 impl Drop for Stack {
@@ -148,12 +161,18 @@ pub enum AgentUser {
 impl Stack {
     /// Starts nats-server, scheduler, firewall (`none` backend) and media.
     pub async fn start() -> anyhow::Result<Stack> {
-        let nats = NatsServer::start().await?;
-        let mut stack = Stack::new(nats, None).await?;
-        stack.write("scheduler.toml", SCHEDULER_CONFIG)?;
-        stack.write(
+        let sec = Security::new()?;
+        let nats = NatsServer::start_with(NatsOptions {
+            secure: Some(sec.secure(&[])),
+            ..Default::default()
+        })
+        .await?;
+        let mut stack = Stack::new(nats, None, sec).await?;
+        stack.write_scheduler(SCHEDULER_CONFIG)?;
+        stack.write_service(
             "firewall.toml",
             &format!("id = \"{FIREWALL}\"\nbackend = \"none\"\n"),
+            "firewall",
         )?;
         stack.start_services().await?;
         Ok(stack)
@@ -165,32 +184,35 @@ impl Stack {
     /// leased for `lease_secs`.
     pub async fn start_net(lease_secs: u64) -> anyhow::Result<Stack> {
         let (net, leg) = Net::create()?;
+        let mut sec = Security::new()?;
+        // The agents of the operations-center namespaces.
+        sec.enroll("ops");
+        sec.enroll("ops2");
         let nats = NatsServer::start_with(NatsOptions {
             listen: Some("::".into()),
             netns: Some(net.hi.name().to_owned()),
             connect_host: Some(leg),
+            secure: Some(sec.secure(&[HI_FOR_OPS, HI_FOR_OPS6, HI_FOR_OPS2, "fd00:203:2::1"])),
         })
         .await?;
         let port = nats.port();
-        let mut stack = Stack::new(nats, Some(net)).await?;
-        stack.write(
-            "scheduler.toml",
-            &format!(
-                "lease-secs = {lease_secs}\nagent-timeout-secs = 30\nfirewalls = [\"local\", \"absent\"]\n"
-            ),
-        )?;
-        stack.write(
+        let mut stack = Stack::new(nats, Some(net), sec).await?;
+        stack.write_scheduler(&format!(
+            "lease-secs = {lease_secs}\nagent-timeout-secs = 30\nfirewalls = [\"local\", \"absent\"]\n"
+        ))?;
+        stack.write_service(
             "firewall.toml",
             &format!(
                 "id = \"{FIREWALL}\"\nbackend = \"nftables\"\ntable = \"arca\"\nports = [{port}]\n\
                  guard-interfaces = [\"to-ops\", \"to-ops2\"]\nmax-lease-secs = 600\n"
             ),
+            "firewall",
         )?;
         stack.start_services().await?;
         Ok(stack)
     }
 
-    async fn new(nats: NatsServer, net: Option<Net>) -> anyhow::Result<Stack> {
+    async fn new(nats: NatsServer, net: Option<Net>, sec: Security) -> anyhow::Result<Stack> {
         let dir = tempfile::Builder::new().prefix("arca-stack-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let client = nats.client().await;
@@ -203,15 +225,17 @@ impl Stack {
             services: HashMap::new(),
             commands: HashMap::new(),
             net,
+            sec,
         })
     }
 
     async fn start_services(&mut self) -> anyhow::Result<()> {
         let stack = self;
         let repo = stack.repo_dir();
-        stack.write(
+        stack.write_service(
             "media.toml",
             &format!("repository = \"{}\"\n", repo.display()),
+            "media",
         )?;
         stack.spawn("scheduler", "arca-scheduler", "scheduler.toml")?;
         stack.spawn("firewall", "arca-firewall", "firewall.toml")?;
@@ -236,6 +260,59 @@ impl Stack {
         std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
         Ok(path)
+    }
+
+    /// Writes a service's configuration: `text`, then the identity of
+    /// `service` (see [`Security::identity_file`]), the scheduler's key
+    /// (media) and TLS.
+    pub fn write_service(&self, name: &str, text: &str, service: &str) -> anyhow::Result<PathBuf> {
+        let sec = self
+            .sec
+            .toml(&self.sec.identity_file(service), service == "media", None);
+        self.write(name, &format!("{text}\n{sec}"))
+    }
+
+    /// Writes the scheduler's configuration.
+    fn write_scheduler(&self, text: &str) -> anyhow::Result<PathBuf> {
+        self.write_service("scheduler.toml", text, "scheduler")
+    }
+
+    /// Admits the agent of `system` to the server (its user, confined to
+    /// its own subjects), reloading the server's configuration.
+    pub async fn enroll(&mut self, system: &str) -> anyhow::Result<()> {
+        if self.sec.enroll(system) {
+            let auth = self.sec.authorization();
+            self.nats.set_authorization(&auth).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes an agent's configuration and identity, admitting it to the
+    /// server first.
+    async fn prepare_agent(&mut self, system: &str, uid: Option<u32>) -> anyhow::Result<PathBuf> {
+        self.enroll(system).await?;
+        self.agent_files(system, uid)
+    }
+
+    fn agent_files(&self, system: &str, uid: Option<u32>) -> anyhow::Result<PathBuf> {
+        let identity = self.dir.path().join(format!("agent-{system}.nk"));
+        security::write_agent_identity(&identity, system, uid)?;
+        let tls_key = match uid {
+            None => None,
+            Some(uid) => {
+                let key = self.dir.path().join(format!("agent-{system}-tls.key"));
+                let _ = std::fs::remove_file(&key);
+                std::fs::copy(arca_testkit::Pki::shared().client_key(), &key)?;
+                std::os::unix::fs::chown(&key, Some(uid), Some(uid))?;
+                Some(key)
+            }
+        };
+        let config = format!("agent-{system}.toml");
+        let sec = self.sec.toml(&identity, true, tls_key.as_deref());
+        self.write(
+            &config,
+            &format!("system = \"{system}\"\nmedia-timeout-secs = 5\n{sec}"),
+        )
     }
 
     /// Starts (or restarts) a service of the stack: `scheduler`,
@@ -272,11 +349,12 @@ impl Stack {
         zone: Zone,
         nats_host: &str,
     ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.sec.users.agents.iter().any(|(s, _)| s == system),
+            "system {system} is not enrolled with this stack's server (start_net enrolls ops and ops2)"
+        );
         let config = format!("agent-{system}.toml");
-        self.write(
-            &config,
-            &format!("system = \"{system}\"\nmedia-timeout-secs = 5\n"),
-        )?;
+        self.agent_files(system, None)?;
         let net = self.net();
         let ns = match zone {
             Zone::Ops => &net.ops,
@@ -345,10 +423,8 @@ impl Stack {
     /// Starts the agent of `system` and waits until it answers.
     pub async fn start_agent(&mut self, system: &str, user: AgentUser) -> anyhow::Result<()> {
         let config = format!("agent-{system}.toml");
-        self.write(
-            &config,
-            &format!("system = \"{system}\"\nmedia-timeout-secs = 5\n"),
-        )?;
+        let uid = (user == AgentUser::Nobody).then_some(65534);
+        self.prepare_agent(system, uid).await?;
         let mut cmd = Command::new(bin_path("arca-agent"));
         cmd.args(["--config", self.dir.path().join(&config).to_str().unwrap()]);
         if user == AgentUser::Nobody {
@@ -389,7 +465,7 @@ impl Stack {
         } else {
             SCHEDULER_CONFIG
         };
-        self.write("scheduler.toml", &format!("{base}{extra}\n"))?;
+        self.write_scheduler(&format!("{base}{extra}\n"))?;
         let mut all = vec![("NATS_URL", self.nats.url())];
         all.extend(env.iter().cloned());
         let p = ServiceProcess::spawn(
@@ -503,9 +579,14 @@ impl Stack {
 
     /// Runs the `arca` console with this stack's NATS URL.
     pub fn arca(&self, args: &[&str]) -> Output {
+        let pki = arca_testkit::Pki::shared();
         Command::new(bin_path("arca"))
             .args(args)
             .env("NATS_URL", self.nats.url())
+            .env("ARCA_IDENTITY", self.sec.identity_file("operator"))
+            .env("ARCA_TLS_CA", pki.ca())
+            .env("ARCA_TLS_CERT", pki.client_cert())
+            .env("ARCA_TLS_KEY", pki.client_key())
             .output()
             .expect("arca runs")
     }
@@ -548,6 +629,9 @@ impl Stack {
                 snapshot: snapshot.clone(),
                 target: target.map(|t| t.display().to_string()),
                 filter,
+                to_system: None,
+                allow_cross_system: false,
+                operator: None,
             },
         )
         .await?;
@@ -639,7 +723,7 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         firewalls: vec![FIREWALL.to_owned()],
         media: "main".to_owned(),
         hooks: Default::default(),
-        agent: None,
+        agent: Some(agent_key(name)),
         include: Vec::new(),
         exclude: Vec::new(),
         one_file_system: false,

@@ -45,7 +45,7 @@ impl Default for EventsRetention {
     }
 }
 
-/// Creates (or opens) the events stream and the state buckets, with the
+/// Creates (or opens) the events and audit streams and the state buckets, with the
 /// default event retention.
 pub async fn bootstrap(client: &async_nats::Client) -> anyhow::Result<State> {
     bootstrap_with(client, EventsRetention::default()).await
@@ -90,6 +90,16 @@ pub async fn bootstrap_with(
         .await
         .map_err(|e| anyhow::anyhow!("cannot update stream {}: {e}", names::EVENTS_STREAM))?;
     }
+    // Audit records are kept for a year; they are few.
+    js.get_or_create_stream(stream::Config {
+        name: names::AUDIT_STREAM.to_owned(),
+        subjects: vec![arca_schemas::subject::AUDIT_ALL.to_owned()],
+        max_age: Duration::from_secs(365 * 24 * 3600),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", names::AUDIT_STREAM))?;
     let bucket = |name: &str, history: i64| kv::Config {
         bucket: name.to_owned(),
         history,

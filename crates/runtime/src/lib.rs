@@ -1,14 +1,17 @@
 //! What every Arca service shares: configuration files, tracing, the NATS
 //! connection with its version check, JetStream bootstrap, request/reply
-//! helpers and shutdown.
+//! helpers and shutdown, identities and job tokens.
 
 pub mod config;
 pub mod events;
+pub mod identity;
 pub mod jetstream;
 pub mod nats;
+pub mod natsconf;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trust;
 
 pub use nats::{NatsError, connect};
 pub use rpc::{RpcError, request, request_with_timeout};

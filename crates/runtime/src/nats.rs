@@ -1,6 +1,9 @@
 //! Connecting to NATS, and refusing servers too old to trust.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use arca_schemas::MIN_NATS_SERVER;
 
@@ -9,9 +12,7 @@ use arca_schemas::MIN_NATS_SERVER;
 #[non_exhaustive]
 pub enum NatsError {
     /// No server answered at the URL.
-    #[error(
-        "cannot connect to NATS at {url}: {source}; is nats-server running there? (start one with ops/start-nats)"
-    )]
+    #[error("cannot connect to NATS at {url}: {source}; {}", connect_hint(source))]
     Connect {
         /// URL tried.
         url: String,
@@ -29,6 +30,95 @@ pub enum NatsError {
         /// Version the server reported.
         found: String,
     },
+    /// The TLS settings are incomplete.
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// TLS settings of a connection (a `[tls]` table in a service's
+/// configuration). With them the connection requires TLS, trusts only
+/// servers whose certificate `ca-file` signed, and presents the client
+/// certificate when the server asks for one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate of the authority that signed the server's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (signed by the same authority).
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+/// How a program proves who it is to the NATS server.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// nkey identity to authenticate with.
+    pub identity: Option<crate::identity::Identity>,
+    /// TLS settings.
+    pub tls: Option<TlsFiles>,
+    /// Inbox prefix (agents: `_INBOX_<system>`, the only inbox their
+    /// permissions allow).
+    pub inbox_prefix: Option<String>,
+}
+
+impl Credentials {
+    /// Adds these credentials to `options`.
+    pub fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, NatsError> {
+        if let Some(id) = &self.identity {
+            options = options.nkey(id.seed());
+        }
+        if let Some(tls) = &self.tls {
+            for f in [
+                Some(&tls.ca_file),
+                tls.cert_file.as_ref(),
+                tls.key_file.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !f.is_file() {
+                    return Err(NatsError::Tls(format!("{} does not exist", f.display())));
+                }
+            }
+            options = options
+                .require_tls(true)
+                .add_root_certificates(tls.ca_file.clone());
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(c), Some(k)) => {
+                    options = options.add_client_certificate(c.clone(), k.clone())
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(NatsError::Tls(
+                        "tls: cert-file and key-file go together".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        Ok(options)
+    }
+}
+
+/// What to check after a failed connection.
+fn connect_hint(e: &async_nats::ConnectError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
+        "the server requires TLS: give the authority that signed its certificate and this \
+         program's client certificate ([tls] ca-file, cert-file, key-file; for arca: --tls-ca, \
+         --tls-cert, --tls-key)"
+    } else if text.contains("uthorization") {
+        "the server does not know this program's identity: give its identity file \
+         (identity-file; for arca: --identity) and check that `arca nats-config` admitted its key"
+    } else {
+        "is nats-server running there? (start one with ops/start-nats)"
+    }
 }
 
 /// Parses `major.minor.patch` (ignoring any suffix).
@@ -47,6 +137,19 @@ pub fn version_supported(version: &str) -> bool {
 /// the server version.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
     connect_with(url, async_nats::ConnectOptions::new().name(name)).await
+}
+
+/// Connects as `name` with `credentials`, as [`connect`] does.
+pub async fn connect_as(
+    url: &str,
+    name: &str,
+    credentials: &Credentials,
+) -> Result<async_nats::Client, NatsError> {
+    connect_with(
+        url,
+        credentials.apply(async_nats::ConnectOptions::new().name(name))?,
+    )
+    .await
 }
 
 /// Like [`connect`], with the caller's options (credentials, inbox prefix).
@@ -87,9 +190,13 @@ pub async fn connect_with(
 /// than exit. Each attempt gives up after a few seconds (a closed window
 /// drops the connection attempt silently). Logs every half minute while it
 /// waits.
-pub async fn connect_patiently(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    let options = async_nats::ConnectOptions::new()
-        .name(name)
+pub async fn connect_patiently(
+    url: &str,
+    name: &str,
+    credentials: &Credentials,
+) -> Result<async_nats::Client, NatsError> {
+    let options = credentials
+        .apply(async_nats::ConnectOptions::new().name(name))?
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(3))
         .request_timeout(Some(Duration::from_secs(10)))

@@ -109,9 +109,45 @@ pub async fn request_with_timeout<Q: Serialize, R: DeserializeOwned>(
         subject: subject.clone(),
         source,
     })?;
-    let req = async_nats::Request::new()
+    send(client, subject, payload, None, timeout).await
+}
+
+/// Like [`request_with_timeout`], with a job token: `token` is called with
+/// the subject and the encoded body and returns the token to send in the
+/// [`arca_schemas::trust::TOKEN_HEADER`] header (a fresh one per call, so
+/// that a retried request is not a replay).
+pub async fn request_signed<Q: Serialize, R: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    body: &Q,
+    timeout: Duration,
+    token: &(dyn Fn(&str, &[u8]) -> String + Send + Sync),
+) -> Result<R, RpcError> {
+    let payload = codec::encode(body).map_err(|source| RpcError::Codec {
+        subject: subject.clone(),
+        source,
+    })?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        arca_schemas::trust::TOKEN_HEADER,
+        token(&subject, &payload).as_str(),
+    );
+    send(client, subject, payload, Some(headers), timeout).await
+}
+
+async fn send<R: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    payload: Vec<u8>,
+    headers: Option<async_nats::HeaderMap>,
+    timeout: Duration,
+) -> Result<R, RpcError> {
+    let mut req = async_nats::Request::new()
         .payload(payload.into())
         .timeout(Some(timeout));
+    if let Some(h) = headers {
+        req = req.headers(h);
+    }
     let msg = client
         .send_request(subject.clone(), req)
         .await

@@ -7,14 +7,17 @@
 //!   as a child process; killed on drop, its log printed when the test fails.
 //! - [`netns`]: network namespaces joined by veth pairs, for tests with
 //!   real nftables in between; they say so when they cannot run.
+//! - [`pki`]: a test certificate authority (by `ops/gen-pki`) for TLS.
 //! - [`tree`]: build file trees and compare two trees in content and metadata.
 
 pub mod nats;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod tree;
 
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{NatsOptions, NatsServer, Secure};
+pub use pki::{ClientAuth, Pki};
 pub use process::{ServiceProcess, bin_path};
 
 /// A free TCP port on the loopback interface.

@@ -18,6 +18,9 @@ pub struct NatsServer {
     host: String,
     dir: tempfile::TempDir,
     log: PathBuf,
+    secure: Option<Secure>,
+    base: String,
+    reloads: usize,
 }
 
 /// Where a server listens, for tests across network namespaces.
@@ -31,6 +34,21 @@ pub struct NatsOptions {
     /// Address the test reaches the server at (for [`NatsServer::url`]);
     /// `None`: `127.0.0.1`.
     pub connect_host: Option<String>,
+    /// Users, permissions and TLS; `None`: anyone may connect, in clear.
+    pub secure: Option<Secure>,
+}
+
+/// A secured server: only the users of `authorization` may connect, over
+/// TLS with a certificate of the shared test authority ([`crate::Pki`]).
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// The `authorization { ... }` block.
+    pub authorization: String,
+    /// Credentials of the test's own client (and of the readiness check).
+    pub client: crate::pki::ClientAuth,
+    /// Addresses clients reach the server at, besides the connect host
+    /// and loopback (for its certificate).
+    pub names: Vec<String>,
 }
 
 impl NatsServer {
@@ -52,13 +70,16 @@ impl NatsServer {
         for _ in 0..3 {
             let port = crate::free_port();
             match Self::spawn(&binary, dir.path(), port, &options, &host).await {
-                Ok((child, log)) => {
+                Ok((child, log, base)) => {
                     return Ok(NatsServer {
                         child: Some(child),
                         port,
                         host,
                         dir,
                         log,
+                        secure: options.secure.clone(),
+                        base,
+                        reloads: 0,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -73,21 +94,35 @@ impl NatsServer {
         port: u16,
         options: &NatsOptions,
         host: &str,
-    ) -> anyhow::Result<(Child, PathBuf)> {
+    ) -> anyhow::Result<(Child, PathBuf, String)> {
         let store = dir.join("jetstream");
         let conf = dir.join("nats.conf");
         let listen = match &options.listen {
             None => format!("listen: 127.0.0.1:{port}"),
             Some(h) => format!("host: \"{h}\"\nport: {port}"),
         };
-        std::fs::write(
-            &conf,
-            format!(
-                "{listen}\nserver_name: arca-test-{port}\nmax_payload: 8MB\n\
-                 jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n",
-                store.display()
-            ),
-        )?;
+        let mut base = format!(
+            "{listen}\nserver_name: arca-test-{port}\nmax_payload: 8MB\n\
+             jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n",
+            store.display()
+        );
+        if let Some(secure) = &options.secure {
+            let mut names = vec![host];
+            names.extend(secure.names.iter().map(String::as_str));
+            let (cert, key) = crate::Pki::shared().server_cert(&dir.join("pki"), &names)?;
+            base.push_str(&format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 5\n}}\n",
+                cert.display(),
+                key.display(),
+                crate::Pki::shared().ca().display()
+            ));
+        }
+        let auth = options
+            .secure
+            .as_ref()
+            .map(|s| s.authorization.as_str())
+            .unwrap_or("");
+        std::fs::write(&conf, format!("{base}{auth}"))?;
         let log = dir.join(format!("nats-{port}.log"));
         let out = std::fs::File::create(&log)?;
         let mut command = match &options.netns {
@@ -115,10 +150,14 @@ impl NatsServer {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if let Ok(client) = async_nats::connect(&url).await {
+            let connect = match &options.secure {
+                None => async_nats::ConnectOptions::new(),
+                Some(s) => s.client.options(),
+            };
+            if let Ok(client) = connect.connect(&url).await {
                 let js = async_nats::jetstream::new(client);
                 if js.query_account().await.is_ok() {
-                    return Ok((child, log));
+                    return Ok((child, log, base));
                 }
             }
             if Instant::now() > deadline {
@@ -148,11 +187,45 @@ impl NatsServer {
         self.port
     }
 
-    /// A plain client connection.
+    /// A client connection, with the test's credentials when the server is
+    /// secured.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        self.connect_options()
+            .connect(self.url())
             .await
             .expect("test nats-server accepts connections")
+    }
+
+    /// Options carrying the test's credentials (none for an open server).
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        match &self.secure {
+            None => async_nats::ConnectOptions::new(),
+            Some(s) => s.client.options(),
+        }
+    }
+
+    /// Replaces the `authorization` block and has the server reload its
+    /// configuration; returns once it has.
+    pub async fn set_authorization(&mut self, authorization: &str) -> anyhow::Result<()> {
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(&conf, format!("{}{authorization}", self.base))?;
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "cannot signal nats-server {pid}");
+        self.reloads += 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.matches("Reloaded server configuration").count() >= self.reloads {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not reload its configuration; log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Temporary folder of this server (store, config, log).

@@ -71,10 +71,12 @@ enum Item {
     },
 }
 
-/// Runs one backup transfer to its end.
+/// Runs one backup transfer to its end; `identity` signs the manifest.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: async_nats::Client,
     system: String,
+    identity: arca_runtime::identity::Identity,
     req: StartBackupTransfer,
     params: ChunkParams,
     window: usize,
@@ -216,8 +218,14 @@ pub async fn run(
             Some(ErrorReply::internal("reader ended without a tree")),
         );
     };
+    // The agent vouches for the snapshot: media commits it only when the
+    // key enrolled for this system signed this manifest.
+    let signature = identity.sign(&arca_runtime::trust::manifest_bytes(
+        &system, req.job, &tree,
+    ));
     let commit = CommitSnapshot {
         session: req.session.clone(),
+        signature,
         tree,
         stats: stats.clone(),
         file_errors: file_errors.clone(),
@@ -250,6 +258,7 @@ async fn parent_tree(
         subject::media_data(media, system, MediaDataVerb::Snapshot),
         &arca_schemas::msg::GetSnapshot {
             snapshot: id.clone(),
+            session: None,
         },
     )
     .await
@@ -328,7 +337,7 @@ impl Parent {
         let (Some(f), Some(id)) = (&self.fetch, self.batches.next()) else {
             return false;
         };
-        let body = arca_schemas::msg::GetChunk { id };
+        let body = arca_schemas::msg::GetChunk { id, session: None };
         let got: Result<TreeBatch, String> = f
             .runtime
             .block_on(rpc::retry(Duration::from_secs(30), || {

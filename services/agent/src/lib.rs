@@ -25,11 +25,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arca_runtime::identity::Identity;
 use arca_runtime::rpc::{decode_request, respond, verb};
+use arca_runtime::trust::{Gate, TrustError};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::job::{FileError, TransferStats};
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb};
+use arca_schemas::trust::{AuditKind, AuditRecord, TokenClaims};
 use arca_schemas::{JobId, PROTOCOL_VERSION};
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -42,6 +45,15 @@ use tokio::sync::OnceCell;
 pub struct Config {
     /// The system this agent serves (its subject token).
     pub system: String,
+    /// The agent's identity: an nkey seed, created with mode 0600 on first
+    /// start. Its public key is what `arca system add` enrolls; it
+    /// authenticates the agent to NATS and signs its snapshot manifests.
+    pub identity_file: std::path::PathBuf,
+    /// Public key of the scheduler whose job tokens the agent obeys.
+    pub scheduler_key: String,
+    /// TLS settings of the NATS connection.
+    #[serde(default)]
+    pub tls: Option<arca_runtime::nats::TlsFiles>,
     /// Chunks sent or fetched without acknowledgement at most.
     #[serde(default = "default_window")]
     pub window: usize,
@@ -85,9 +97,12 @@ fn default_level() -> i32 {
 
 impl Config {
     /// A configuration with defaults for `system`.
-    pub fn new(system: &str) -> Self {
+    pub fn new(system: &str, identity_file: &std::path::Path, scheduler_key: &str) -> Self {
         Config {
             system: system.to_owned(),
+            identity_file: identity_file.to_owned(),
+            scheduler_key: scheduler_key.to_owned(),
+            tls: None,
             window: default_window(),
             chunk_min: default_min(),
             chunk_avg: default_avg(),
@@ -95,6 +110,21 @@ impl Config {
             zstd_level: default_level(),
             media_timeout_secs: default_media_timeout(),
         }
+    }
+
+    /// The agent's identity, created on first start.
+    pub fn identity(&self) -> anyhow::Result<Identity> {
+        Ok(Identity::load_or_create(&self.identity_file)?)
+    }
+
+    /// Credentials of the NATS connection: the identity, TLS, and the
+    /// system's own inbox prefix (the only one the server lets it use).
+    pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
+        Ok(arca_runtime::nats::Credentials {
+            identity: Some(self.identity()?),
+            tls: self.tls.clone(),
+            inbox_prefix: Some(subject::agent_inbox_prefix(&self.system)),
+        })
     }
 }
 
@@ -158,6 +188,9 @@ type HookResults = HashMap<(JobId, HookPhase), Arc<OnceCell<HookReply>>>;
 
 struct Agent {
     config: Config,
+    identity: Identity,
+    /// Checks the scheduler's job tokens.
+    gate: Gate,
     params: backup::ChunkParams,
     client: Client,
     hooks: Mutex<HookResults>,
@@ -173,7 +206,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     arca_runtime::ensure_name("system name", &config.system)?;
     let params = chunk_params(&config, client.server_info().max_payload);
+    let identity = config.identity()?;
+    let gate = Gate::new(&config.scheduler_key)?;
     let agent = Arc::new(Agent {
+        identity,
+        gate,
         params,
         client: client.clone(),
         hooks: Mutex::new(HashMap::new()),
@@ -226,9 +263,54 @@ fn chunk_params(config: &Config, max_payload: usize) -> backup::ChunkParams {
 }
 
 impl Agent {
+    /// Checks the job token of a command: signed by the trusted scheduler
+    /// for this system, this subject and body, unexpired, unused. A refusal
+    /// is answered and audited, and nothing else happens.
+    async fn authorize(&self, msg: &Message) -> Result<TokenClaims, ()> {
+        let checked = self.gate.check(msg).and_then(|claims| {
+            if claims.system == self.config.system {
+                Ok(claims)
+            } else {
+                Err(TrustError::Mismatch(format!(
+                    "issued for system {}, this agent serves {}",
+                    claims.system, self.config.system
+                )))
+            }
+        });
+        match checked {
+            Ok(claims) => Ok(claims),
+            Err(e) => {
+                self.refuse(msg, None, e.to_string()).await;
+                respond::<()>(&self.client, msg, Err(e.to_reply())).await;
+                Err(())
+            }
+        }
+    }
+
+    /// Records a refused request in the audit stream.
+    async fn refuse(&self, msg: &Message, job: Option<JobId>, reason: String) {
+        tracing::warn!(subject = %msg.subject, %reason, "request refused");
+        let mut a = AuditRecord::new(AuditKind::Refused, format!("agent/{}", self.config.system));
+        a.system = Some(self.config.system.clone());
+        a.job = job;
+        a.subject = Some(msg.subject.to_string());
+        a.reason = Some(reason);
+        arca_runtime::trust::audit(&self.client, "agent", &self.config.system, a).await;
+    }
+
     async fn handle(self: Arc<Self>, msg: Message) {
         let c = &self.client;
-        match AgentVerb::parse(verb(&msg.subject)) {
+        let verb_ = AgentVerb::parse(verb(&msg.subject));
+        // Commands need the scheduler's token; a ping and a status
+        // question do not.
+        let claims = match verb_ {
+            None | Some(AgentVerb::Ping) | Some(AgentVerb::Status) => None,
+            Some(_) => match self.authorize(&msg).await {
+                Ok(c) => Some(c),
+                Err(()) => return,
+            },
+        };
+        match verb_ {
             Some(AgentVerb::Ping) => {
                 let pong = Pong {
                     system: self.config.system.clone(),
@@ -249,7 +331,14 @@ impl Agent {
                 respond(c, &msg, self.clone().start_backup(&msg.payload)).await
             }
             Some(AgentVerb::Restore) => {
-                respond(c, &msg, self.clone().start_restore(&msg.payload)).await
+                let claims = claims.expect("commands carry claims");
+                match self.clone().start_restore(&msg.payload, claims) {
+                    Err(e) if e.code == arca_schemas::ErrorCode::Forbidden => {
+                        self.refuse(&msg, None, e.message.clone()).await;
+                        respond::<TransferAccepted>(c, &msg, Err(e)).await
+                    }
+                    r => respond(c, &msg, r).await,
+                }
             }
             Some(AgentVerb::Status) => respond(c, &msg, self.status(&msg.payload)).await,
             Some(AgentVerb::Cancel) => respond(c, &msg, self.cancel(&msg.payload)).await,
@@ -370,6 +459,7 @@ impl Agent {
             let outcome = backup::run(
                 me.client.clone(),
                 me.config.system.clone(),
+                me.identity.clone(),
                 req,
                 me.params,
                 me.config.window,
@@ -387,8 +477,15 @@ impl Agent {
         Ok(TransferAccepted { started: true })
     }
 
-    fn start_restore(self: Arc<Self>, payload: &[u8]) -> Result<TransferAccepted, ErrorReply> {
+    fn start_restore(
+        self: Arc<Self>,
+        payload: &[u8],
+        claims: TokenClaims,
+    ) -> Result<TransferAccepted, ErrorReply> {
         let req: StartRestoreTransfer = decode_request(payload)?;
+        // Invariant 4, checked by the system written to: another system's
+        // snapshot only with the operator's override in the signed token.
+        restore::check_grant(&self.config.system, &req, &claims, None)?;
         let Some(progress) = self.register(req.job) else {
             return Ok(TransferAccepted { started: false });
         };
@@ -401,6 +498,7 @@ impl Agent {
                 me.client.clone(),
                 me.config.system.clone(),
                 req,
+                claims,
                 me.config.window,
                 Duration::from_secs(me.config.media_timeout_secs),
                 progress.clone(),

@@ -12,6 +12,10 @@ struct Args {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Print the agent's public key (creating its identity file on first
+    /// use) and exit: the key `arca system add` enrolls.
+    #[arg(long)]
+    public_key: bool,
 }
 
 #[tokio::main]
@@ -19,11 +23,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-agent");
     let config: arca_agent::Config = arca_runtime::config::load(&args.config)?;
+    if args.public_key {
+        println!("{}", config.identity()?.public_key());
+        return Ok(());
+    }
     // Behind a closed firewall window the server is unreachable: keep
     // trying, so that the agent is present soon after the window opens.
     let client = arca_runtime::nats::connect_patiently(
         &args.nats_url,
         &format!("arca-agent-{}", config.system),
+        &config.credentials()?,
     )
     .await?;
     arca_agent::run(config, client, arca_runtime::shutdown::signal()).await

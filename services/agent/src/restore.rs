@@ -34,6 +34,7 @@ use arca_schemas::msg::{
 };
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
+use arca_schemas::trust::TokenClaims;
 use arca_schemas::{ChunkId, codec};
 use futures::stream::{self, StreamExt};
 
@@ -49,11 +50,12 @@ pub async fn run(
     client: async_nats::Client,
     system: String,
     req: StartRestoreTransfer,
+    claims: TokenClaims,
     window: usize,
     timeout: Duration,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
-    let result = restore(&client, &system, &req, window, timeout, &progress).await;
+    let result = restore(&client, &system, &req, &claims, window, timeout, &progress).await;
     let p = progress.lock().expect("progress lock");
     TransferOutcome {
         stats: p.stats.clone(),
@@ -64,13 +66,48 @@ pub async fn run(
     }
 }
 
+/// Checks that the scheduler's token allows restoring `req` onto `system`:
+/// the snapshot it names, and, when the snapshot belongs to another system
+/// (`owner`, once media said so, or the token's own word before), the
+/// operator's cross-system override.
+pub fn check_grant(
+    system: &str,
+    req: &StartRestoreTransfer,
+    claims: &TokenClaims,
+    owner: Option<&str>,
+) -> Result<(), ErrorReply> {
+    if claims.snapshot.as_ref() != Some(&req.snapshot) {
+        return Err(ErrorReply::forbidden(format!(
+            "refused: the job token does not name snapshot {}",
+            req.snapshot
+        )));
+    }
+    let owner = owner.or(claims.source_system.as_deref()).unwrap_or(system);
+    if claims.source_system.as_deref().is_some_and(|s| s != owner) {
+        return Err(ErrorReply::forbidden(format!(
+            "refused: snapshot {} belongs to {owner}, the job token says {}",
+            req.snapshot,
+            claims.source_system.as_deref().unwrap_or_default()
+        )));
+    }
+    if owner != system && !claims.cross_system {
+        return Err(ErrorReply::forbidden(format!(
+            "refused: snapshot {} belongs to system {owner}; this agent restores only its own \
+             system's snapshots unless an operator allowed a cross-system restore",
+            req.snapshot
+        )));
+    }
+    Ok(())
+}
+
 async fn get_chunk(
     client: &async_nats::Client,
     subject: &str,
     id: ChunkId,
+    session: Option<String>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ErrorReply> {
-    let body = GetChunk { id };
+    let body = GetChunk { id, session };
     let r: ChunkData = rpc::retry(Duration::from_secs(30), || {
         rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
     })
@@ -114,10 +151,23 @@ async fn restore(
     client: &async_nats::Client,
     system: &str,
     req: &StartRestoreTransfer,
+    claims: &TokenClaims,
     window: usize,
     timeout: Duration,
     progress: &Arc<Mutex<Progress>>,
 ) -> Result<(), ErrorReply> {
+    let snap: SnapshotReply = rpc::request(
+        client,
+        subject::media_data(&req.media, system, MediaDataVerb::Snapshot),
+        &GetSnapshot {
+            snapshot: req.snapshot.clone(),
+            session: req.session.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_reply())?;
+    // Before anything is written, not even the target folder.
+    check_grant(system, req, claims, Some(&snap.info.system))?;
     let root = match &req.target {
         Some(t) => {
             let t = PathBuf::from(t);
@@ -132,19 +182,11 @@ async fn restore(
         }
         None => PathBuf::from("/"),
     };
-    let snap: SnapshotReply = rpc::request(
-        client,
-        subject::media_data(&req.media, system, MediaDataVerb::Snapshot),
-        &GetSnapshot {
-            snapshot: req.snapshot.clone(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_reply())?;
     let get_subject = subject::media_data(&req.media, system, MediaDataVerb::Get);
     let mut nodes = Vec::new();
     for id in &snap.tree {
-        let frame_bytes = get_chunk(client, &get_subject, *id, timeout).await?;
+        let frame_bytes =
+            get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
         let plain = frame::decode(&frame_bytes, &req.chunk_key, id).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
             ErrorReply::new(
@@ -269,8 +311,9 @@ async fn restore(
             let ctx = ctx.clone();
             let subject = get_subject.clone();
             let client = client.clone();
+            let session = req.session.clone();
             async move {
-                let fetched = get_chunk(&client, &subject, id, timeout).await;
+                let fetched = get_chunk(&client, &subject, id, session, timeout).await;
                 let ctx2 = ctx.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     match fetched {

@@ -1,6 +1,7 @@
 //! `arca`, the operator's console: a client of the scheduler.
 
 mod browse;
+mod secure;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,22 @@ struct Cli {
     /// Id of the scheduler to talk to.
     #[arg(long, global = true, env = "ARCA_SCHEDULER", default_value = "main")]
     scheduler: String,
+    /// The operator's identity (nkey seed file) to authenticate to NATS with.
+    #[arg(long, global = true, env = "ARCA_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Certificate of the authority that signed the NATS server's
+    /// certificate; the connection then requires TLS.
+    #[arg(long, global = true, env = "ARCA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, global = true, env = "ARCA_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, global = true, env = "ARCA_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Operator name recorded in the audit stream (default: $USER).
+    #[arg(long, global = true, env = "ARCA_OPERATOR")]
+    operator: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,7 +81,7 @@ enum Command {
     /// The snapshot catalog.
     #[command(subcommand)]
     Catalog(CatalogCommand),
-    /// Restore a snapshot onto its own system.
+    /// Restore a snapshot onto its own system (or, explicitly, another).
     Restore {
         /// Snapshot id (see `arca snapshots`).
         snapshot: String,
@@ -79,6 +96,13 @@ enum Command {
         /// Do not restore paths matching this glob; repeatable.
         #[arg(long)]
         exclude: Vec<String>,
+        /// Restore onto this system instead of the snapshot's own; needs
+        /// --allow-cross-system, and is recorded in the audit stream.
+        #[arg(long)]
+        to_system: Option<String>,
+        /// Allow restoring one system's snapshot onto another system.
+        #[arg(long, requires = "to_system")]
+        allow_cross_system: bool,
         /// Print the job id and return at once.
         #[arg(long)]
         detach: bool,
@@ -181,6 +205,55 @@ enum Command {
         /// Only show what would be forgotten.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// The audit stream: enrollments, key changes, cross-system restores
+    /// and refused requests, oldest first.
+    Audit {
+        /// Only records since then (RFC 3339 time or a span: 12h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records about this system.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key of an identity file (an nkey seed), creating
+    /// it (mode 0600) when it does not exist.
+    Identity {
+        /// The identity file.
+        file: PathBuf,
+    },
+    /// Write the nats-server's users and TLS configuration: one user per
+    /// enrolled agent confined to its own subjects, one per service, the
+    /// operators; include it from the server's configuration.
+    NatsConfig {
+        /// Systems files whose `agent` keys to admit.
+        #[arg(long = "systems")]
+        systems: Vec<PathBuf>,
+        /// Scheduler as ID=PUBLIC-KEY.
+        #[arg(long = "scheduler-key")]
+        schedulers: Vec<String>,
+        /// Media service as ID=PUBLIC-KEY.
+        #[arg(long = "media-key")]
+        media: Vec<String>,
+        /// Firewall controller as ID=PUBLIC-KEY.
+        #[arg(long = "firewall-key")]
+        firewalls: Vec<String>,
+        /// Operator public key (full access).
+        #[arg(long = "operator-key")]
+        operators: Vec<String>,
+        /// Folder made by ops/gen-pki (ca.pem, server.pem, server.key):
+        /// TLS on every connection.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// Do not require client certificates (TLS one way only).
+        #[arg(long)]
+        no_client_certs: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Delete data no snapshot needs and repack partly used packs.
     Prune {
@@ -305,7 +378,44 @@ async fn call<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = arca_runtime::connect(&cli.nats_url, "arca-cli").await?;
+    // Commands that need no server.
+    match &cli.command {
+        Command::Identity { file } => return secure::identity(file),
+        Command::NatsConfig {
+            systems,
+            schedulers,
+            media,
+            firewalls,
+            operators,
+            tls_dir,
+            no_client_certs,
+            out,
+        } => {
+            return secure::nats_config(
+                systems,
+                schedulers,
+                media,
+                firewalls,
+                operators,
+                tls_dir.as_ref(),
+                *no_client_certs,
+                out.as_ref(),
+            );
+        }
+        _ => {}
+    }
+    let credentials = secure::credentials(
+        cli.identity.as_ref(),
+        cli.tls_ca.as_ref(),
+        cli.tls_cert.as_ref(),
+        cli.tls_key.as_ref(),
+    )?;
+    let client = arca_runtime::nats::connect_as(&cli.nats_url, "arca-cli", &credentials).await?;
+    let operator = cli
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok());
     let s = cli.scheduler.as_str();
     match cli.command {
         Command::Status => {
@@ -444,11 +554,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            since,
+            system,
+            json,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            secure::audit(&client, since, system.as_deref(), json).await
+        }
+        Command::Identity { .. } | Command::NatsConfig { .. } => unreachable!("handled above"),
         Command::Restore {
             snapshot,
             target,
             include,
             exclude,
+            to_system,
+            allow_cross_system,
             detach,
         } => {
             let snapshot = parse_snapshot(&snapshot)?;
@@ -461,6 +582,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     snapshot,
                     target,
                     filter,
+                    to_system,
+                    allow_cross_system,
+                    operator,
                 },
             )
             .await?;

@@ -77,6 +77,13 @@ pub struct Config {
     /// between the zones).
     #[serde(default)]
     pub forward: bool,
+    /// The controller's identity (an nkey seed, mode 0600, created when
+    /// missing), to authenticate to NATS.
+    #[serde(default)]
+    pub identity_file: Option<std::path::PathBuf>,
+    /// TLS settings of the NATS connection.
+    #[serde(default)]
+    pub tls: Option<arca_runtime::nats::TlsFiles>,
 }
 
 fn default_ports() -> Vec<u16> {
@@ -92,6 +99,18 @@ fn default_table() -> String {
 }
 
 impl Config {
+    /// Credentials of the NATS connection.
+    pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
+        Ok(arca_runtime::nats::Credentials {
+            identity: match &self.identity_file {
+                Some(p) => Some(arca_runtime::identity::Identity::load_or_create(p)?),
+                None => None,
+            },
+            tls: self.tls.clone(),
+            inbox_prefix: None,
+        })
+    }
+
     /// The nftables part of the configuration.
     pub fn nft(&self) -> NftConfig {
         NftConfig {

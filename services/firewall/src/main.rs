@@ -19,7 +19,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-firewall");
     let config: arca_firewall::Config = arca_runtime::config::load(&args.config)?;
-    let client =
-        arca_runtime::connect(&args.nats_url, &format!("arca-firewall-{}", config.id)).await?;
+    let client = arca_runtime::nats::connect_as(
+        &args.nats_url,
+        &format!("arca-firewall-{}", config.id),
+        &config.credentials()?,
+    )
+    .await?;
     arca_firewall::run(config, client, arca_runtime::shutdown::signal()).await
 }

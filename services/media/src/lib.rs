@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use arca_repo::{Kind, Repository, SnapshotRecord, frame};
 use arca_runtime::rpc::{decode_request, respond, verb};
+use arca_runtime::trust::Gate;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, MediaDataVerb, MediaVerb};
 use arca_schemas::tree::{NodeKind, TreeBatch};
+use arca_schemas::trust::{AuditKind, AuditRecord, TokenClaims};
 use arca_schemas::{JobId, SnapshotId, codec};
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -35,6 +37,29 @@ pub struct Config {
     /// Target size of a pack, MiB.
     #[serde(default = "default_pack_mib")]
     pub pack_size_mib: u64,
+    /// Public key of the scheduler whose job tokens open sessions.
+    pub scheduler_key: String,
+    /// The service's identity (an nkey seed, mode 0600, created when
+    /// missing), to authenticate to NATS.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// TLS settings of the NATS connection.
+    #[serde(default)]
+    pub tls: Option<arca_runtime::nats::TlsFiles>,
+}
+
+impl Config {
+    /// Credentials of the NATS connection.
+    pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
+        Ok(arca_runtime::nats::Credentials {
+            identity: match &self.identity_file {
+                Some(p) => Some(arca_runtime::identity::Identity::load_or_create(p)?),
+                None => None,
+            },
+            tls: self.tls.clone(),
+            inbox_prefix: None,
+        })
+    }
 }
 
 fn default_pack_mib() -> u64 {
@@ -48,6 +73,9 @@ fn default_id() -> String {
 struct Session {
     job: JobId,
     system: String,
+    /// The key enrolled for `system` when the scheduler opened the
+    /// session: the only one whose manifest signature commits.
+    agent_key: String,
     paths: Vec<String>,
     committed: Option<SnapshotInfo>,
     /// Chunks this backup stored or was told are stored: prune keeps them.
@@ -57,11 +85,26 @@ struct Session {
     opened_at: std::time::Instant,
 }
 
+/// A restore onto another system that an operator allowed: `target` may
+/// read the snapshot of `source`.
+struct RestoreGrant {
+    job: JobId,
+    target: String,
+    source: String,
+    snapshot: SnapshotId,
+    opened_at: std::time::Instant,
+}
+
+/// How long a restore session lets its target read.
+const RESTORE_GRANT_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 struct Media {
     id: String,
     repo: Repository,
     client: Client,
     sessions: Mutex<HashMap<String, Session>>,
+    restores: Mutex<HashMap<String, RestoreGrant>>,
+    gate: Gate,
 }
 
 /// Runs the media service until `shutdown` resolves.
@@ -71,6 +114,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     arca_runtime::ensure_name("media id", &config.id)?;
+    let gate = Gate::new(&config.scheduler_key)?;
     let key_file = config
         .key_file
         .clone()
@@ -96,6 +140,8 @@ pub async fn run(
         repo,
         client: client.clone(),
         sessions: Mutex::new(HashMap::new()),
+        restores: Mutex::new(HashMap::new()),
+        gate,
     });
     let mut control = client.subscribe(subject::media_all(&config.id)).await?;
     let mut data = client
@@ -134,11 +180,54 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Media {
+    /// Records a refused request in the audit stream.
+    async fn refuse(
+        &self,
+        subject: &str,
+        system: Option<String>,
+        job: Option<JobId>,
+        reason: String,
+    ) {
+        let mut a = AuditRecord::new(AuditKind::Refused, format!("media/{}", self.id));
+        a.system = system;
+        a.job = job;
+        a.subject = Some(subject.to_owned());
+        a.reason = Some(reason);
+        arca_runtime::trust::audit(&self.client, "media", &self.id, a).await;
+    }
+
+    /// Answers a command, auditing a refusal for want of authorization.
+    async fn answer<T: serde::Serialize>(
+        &self,
+        msg: &Message,
+        system: Option<String>,
+        r: Result<T, ErrorReply>,
+    ) {
+        if let Err(e) = &r
+            && e.code == arca_schemas::ErrorCode::Forbidden
+        {
+            self.refuse(&msg.subject, system, None, e.message.clone())
+                .await;
+        }
+        respond(&self.client, msg, r).await
+    }
+
     async fn control(self: Arc<Self>, msg: Message) {
         match MediaVerb::parse(verb(&msg.subject)) {
             Some(MediaVerb::Session) => {
-                let r = self.open_session(&msg.payload);
-                respond(&self.client, &msg, r).await
+                let r = self
+                    .gate
+                    .check(&msg)
+                    .map_err(|e| e.to_reply())
+                    .and_then(|claims| self.open_session(&msg.payload, &claims));
+                self.answer(&msg, None, r).await
+            }
+            Some(MediaVerb::RestoreSession) => {
+                let r = match self.gate.check(&msg) {
+                    Ok(claims) => self.open_restore(&msg.payload, claims).await,
+                    Err(e) => Err(e.to_reply()),
+                };
+                self.answer(&msg, None, r).await
             }
             Some(MediaVerb::Snapshots) => {
                 let r = self.list_snapshots(&msg.payload).await;
@@ -250,8 +339,11 @@ impl Media {
                 respond(&self.client, &msg, r).await
             }
             Some(MediaDataVerb::Commit) => {
-                let r = self.clone().commit(system, msg.payload.clone()).await;
-                respond(&self.client, &msg, r).await
+                let r = self
+                    .clone()
+                    .commit(system.clone(), msg.payload.clone())
+                    .await;
+                self.answer(&msg, Some(system), r).await
             }
             Some(MediaDataVerb::Get) => {
                 let r = self.clone().get(system, msg.payload.clone()).await;
@@ -271,7 +363,11 @@ impl Media {
         }
     }
 
-    fn open_session(&self, payload: &[u8]) -> Result<SessionOpened, ErrorReply> {
+    fn open_session(
+        &self,
+        payload: &[u8],
+        claims: &TokenClaims,
+    ) -> Result<SessionOpened, ErrorReply> {
         let req: OpenSession = decode_request(payload)?;
         if !subject::valid_token(&req.system) {
             return Err(ErrorReply::bad_request(format!(
@@ -279,6 +375,18 @@ impl Media {
                 req.system
             )));
         }
+        if claims.system != req.system || claims.job != req.job {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: the job token is for system {} job {}, the request for {} job {}",
+                claims.system, claims.job, req.system, req.job
+            )));
+        }
+        let Some(agent_key) = claims.agent_key.clone() else {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: the job token names no enrolled key for system {}",
+                req.system
+            )));
+        };
         let mut sessions = self.sessions.lock().expect("sessions lock");
         if let Some((id, _)) = sessions.iter().find(|(_, s)| s.job == req.job) {
             return Ok(SessionOpened {
@@ -292,6 +400,7 @@ impl Media {
             Session {
                 job: req.job,
                 system: req.system,
+                agent_key,
                 paths: req.paths,
                 committed: None,
                 touched: Default::default(),
@@ -300,6 +409,75 @@ impl Media {
             },
         );
         Ok(SessionOpened { session: id })
+    }
+
+    /// Opens (once per job) a restore session letting `req.system` read a
+    /// snapshot of another system, as the token allows.
+    async fn open_restore(
+        &self,
+        payload: &[u8],
+        claims: TokenClaims,
+    ) -> Result<SessionOpened, ErrorReply> {
+        let req: OpenRestoreSession = decode_request(payload)?;
+        let repo = self.repo.clone();
+        let id = req.snapshot.clone();
+        let record = tokio::task::spawn_blocking(move || repo.read_snapshot(&id))
+            .await
+            .map_err(|e| ErrorReply::internal(e.to_string()))?
+            .map_err(|e| e.to_reply())?;
+        let source = record.info.system;
+        if claims.system != req.system
+            || claims.job != req.job
+            || claims.snapshot.as_ref() != Some(&req.snapshot)
+            || claims.source_system.as_deref() != Some(source.as_str())
+            || !claims.cross_system
+        {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: the job token does not allow restoring snapshot {} of {source} onto {}",
+                req.snapshot, req.system
+            )));
+        }
+        let mut restores = self.restores.lock().expect("restores lock");
+        restores.retain(|_, g| g.opened_at.elapsed() < RESTORE_GRANT_TTL);
+        if let Some((id, _)) = restores.iter().find(|(_, g)| g.job == req.job) {
+            return Ok(SessionOpened {
+                session: id.clone(),
+            });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::warn!(job = %req.job, snapshot = %req.snapshot, %source, target = %req.system, session = %id, "cross-system restore session opened");
+        restores.insert(
+            id.clone(),
+            RestoreGrant {
+                job: req.job,
+                target: req.system,
+                source,
+                snapshot: req.snapshot,
+                opened_at: std::time::Instant::now(),
+            },
+        );
+        Ok(SessionOpened { session: id })
+    }
+
+    /// The system whose data a restore request of `system` reads: its own,
+    /// or, within a restore session for it, the snapshot's system.
+    fn read_scope(
+        &self,
+        system: &str,
+        session: Option<&str>,
+    ) -> Result<(String, Option<SnapshotId>), ErrorReply> {
+        let Some(session) = session else {
+            return Ok((system.to_owned(), None));
+        };
+        let restores = self.restores.lock().expect("restores lock");
+        match restores.get(session) {
+            Some(g) if g.target == system && g.opened_at.elapsed() < RESTORE_GRANT_TTL => {
+                Ok((g.source.clone(), Some(g.snapshot.clone())))
+            }
+            _ => Err(ErrorReply::forbidden(format!(
+                "refused: no restore session {session} for system {system}"
+            ))),
+        }
     }
 
     /// Checks that `session` exists and belongs to `system`.
@@ -419,6 +597,7 @@ impl Media {
         payload: bytes::Bytes,
     ) -> Result<ChunkData, ErrorReply> {
         let req: GetChunk = decode_request(&payload)?;
+        let (system, _) = self.read_scope(&system, req.session.as_deref())?;
         blocking("get", move || {
             let frame = self
                 .repo
@@ -436,7 +615,7 @@ impl Media {
     ) -> Result<SnapshotCommitted, ErrorReply> {
         let req: CommitSnapshot = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
-        let (job, paths) = {
+        let (job, paths, agent_key) = {
             let sessions = self.sessions.lock().expect("sessions lock");
             let s = &sessions[&req.session];
             if let Some(info) = &s.committed {
@@ -444,8 +623,18 @@ impl Media {
                     snapshot: info.clone(),
                 });
             }
-            (s.job, s.paths.clone())
+            (s.job, s.paths.clone(), s.agent_key.clone())
         };
+        // Invariant 4: the snapshot is the system's only when the key
+        // enrolled for it signed this manifest; otherwise nothing commits.
+        let manifest = arca_runtime::trust::manifest_bytes(&system, job, &req.tree);
+        if let Err(e) = arca_runtime::identity::verify(&agent_key, &manifest, &req.signature) {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: the snapshot manifest is not signed by the key enrolled for system \
+                 {system} ({e}); snapshot not committed"
+            )));
+        }
+        let signature = hex::encode(&req.signature);
         let me = self.clone();
         let info = blocking("commit", move || -> Result<SnapshotInfo, ErrorReply> {
             me.check_tree_complete(&system, &req.tree)?;
@@ -459,6 +648,8 @@ impl Media {
                 media: me.id.clone(),
                 stats: req.stats,
                 file_errors: req.file_errors,
+                signer: Some(agent_key),
+                signature: Some(signature),
             };
             me.repo
                 .write_snapshot(&SnapshotRecord {
@@ -526,6 +717,19 @@ impl Media {
         system: Option<&str>,
     ) -> Result<SnapshotReply, ErrorReply> {
         let req: GetSnapshot = decode_request(payload)?;
+        let system = match system {
+            Some(s) => {
+                let (scope, granted) = self.read_scope(s, req.session.as_deref())?;
+                if granted.is_some_and(|g| g != req.snapshot) {
+                    return Err(ErrorReply::forbidden(format!(
+                        "refused: restore session is not for snapshot {}",
+                        req.snapshot
+                    )));
+                }
+                Some(scope)
+            }
+            None => None,
+        };
         let repo = self.repo.clone();
         let id = req.snapshot.clone();
         let record = tokio::task::spawn_blocking(move || repo.read_snapshot(&id))

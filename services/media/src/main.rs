@@ -19,7 +19,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-media");
     let config: arca_media::Config = arca_runtime::config::load(&args.config)?;
-    let client =
-        arca_runtime::connect(&args.nats_url, &format!("arca-media-{}", config.id)).await?;
+    let client = arca_runtime::nats::connect_as(
+        &args.nats_url,
+        &format!("arca-media-{}", config.id),
+        &config.credentials()?,
+    )
+    .await?;
     arca_media::run(config, client, arca_runtime::shutdown::signal()).await
 }

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arca_runtime::rpc::{self, RpcError};
+use arca_runtime::trust::Grant;
 use arca_schemas::event::EventDetail;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb, FirewallVerb, MediaVerb};
@@ -281,6 +282,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Makes a fresh job token for each attempt of a request to `system`'s
+    /// agent, or to media on its behalf.
+    fn token(
+        &self,
+        system: &str,
+        grant: Grant,
+    ) -> impl Fn(&str, &[u8]) -> String + Send + Sync + 'static {
+        let issuer = self.sched.issuer.clone();
+        let job = self.rec.id;
+        let system = system.to_owned();
+        move |subject: &str, body: &[u8]| issuer.issue(job, &system, subject, body, &grant)
+    }
+
     fn env(&self, system: &SystemConfig) -> Vec<(String, String)> {
         let mut env = vec![
             ("ARCA_JOB_ID".to_owned(), self.rec.id.to_string()),
@@ -332,6 +346,19 @@ impl Driver {
         let cfg = self.sched.config.clone();
         let client = self.sched.client.clone();
         let retry = Duration::from_secs(cfg.retry_secs);
+
+        // Only an enrolled system's agent can sign a snapshot media accepts.
+        if system.agent.is_none() {
+            return Err(StepError::new(
+                "selected",
+                format!(
+                    "system {} has no enrolled agent key: add the agent's public key as `agent` \
+                     in its systems file (`arca-agent --config FILE --public-key` prints it) and \
+                     `arca system edit` it",
+                    system.name
+                ),
+            ));
+        }
 
         // Window opened: every firewall on the path, in order.
         self.enter(JobStep::OpeningWindow).await;
@@ -433,12 +460,14 @@ impl Driver {
             post_hook: post,
         };
         let timeout = Duration::from_secs(pre.as_ref().map_or(0, |h| h.timeout_secs) + 30);
+        let token = self.token(&system.name, Grant::default());
         let r: HookReply = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
-            rpc::request_with_timeout(
+            rpc::request_signed(
                 &client,
                 subject::agent(&system.name, AgentVerb::Prepare),
                 &req,
                 timeout,
+                &token,
             )
         })
         .await
@@ -507,6 +536,7 @@ impl Driver {
                 .ok_or_else(|| StepError::new("transferred", "agent reported no snapshot"))?;
             let get = GetSnapshot {
                 snapshot: id.clone(),
+                session: None,
             };
             let reply: SnapshotReply = rpc::retry(retry, || {
                 rpc::request(
@@ -577,9 +607,17 @@ impl Driver {
     async fn start_transfer(&self, system: &SystemConfig) -> Result<(), StepError> {
         let client = &self.sched.client;
         let retry = Duration::from_secs(self.sched.config.retry_secs);
+        // A restore checks every byte with the key of the snapshot's own
+        // system, which is another one after an operator's override.
+        let source = self
+            .rec
+            .source_system
+            .clone()
+            .unwrap_or_else(|| system.name.clone());
         let key_req = GetChunkKey {
-            system: system.name.clone(),
+            system: source.clone(),
         };
+        let timeout = rpc::DEFAULT_TIMEOUT;
         let chunk_key: ChunkKey = rpc::retry(retry, || {
             rpc::request(
                 client,
@@ -601,11 +639,20 @@ impl Driver {
                     system: system.name.clone(),
                     paths: system.paths.clone(),
                 };
+                let token = self.token(
+                    &system.name,
+                    Grant {
+                        agent_key: system.agent.clone(),
+                        ..Grant::default()
+                    },
+                );
                 let session: SessionOpened = rpc::retry(retry, || {
-                    rpc::request(
+                    rpc::request_signed(
                         client,
                         subject::media(&system.media, MediaVerb::Session),
                         &open,
+                        timeout,
+                        &token,
                     )
                 })
                 .await
@@ -629,34 +676,78 @@ impl Driver {
                     chunk_key: chunk_key.key,
                     selection: system.selection(),
                 };
+                let token = self.token(&system.name, Grant::default());
                 let _: TransferAccepted = rpc::retry(retry, || {
-                    rpc::request(
+                    rpc::request_signed(
                         client,
                         subject::agent(&system.name, AgentVerb::Backup),
                         &start,
+                        timeout,
+                        &token,
                     )
                 })
                 .await
                 .map_err(|e| StepError::new("transferred", e))?;
             }
             JobKind::Restore => {
+                let snapshot = self
+                    .rec
+                    .snapshot
+                    .clone()
+                    .expect("restore jobs name a snapshot");
+                let cross = self.rec.source_system.is_some();
+                let grant = Grant {
+                    snapshot: Some(snapshot.clone()),
+                    source_system: Some(source.clone()),
+                    cross_system: cross,
+                    agent_key: None,
+                };
+                // Onto another system, media lets the target read the
+                // snapshot only within a restore session the token allows.
+                let session = if cross {
+                    let open = OpenRestoreSession {
+                        job: self.rec.id,
+                        system: system.name.clone(),
+                        snapshot: snapshot.clone(),
+                    };
+                    let token = self.token(&system.name, grant.clone());
+                    let opened: SessionOpened = rpc::retry(retry, || {
+                        rpc::request_signed(
+                            client,
+                            subject::media(&system.media, MediaVerb::RestoreSession),
+                            &open,
+                            timeout,
+                            &token,
+                        )
+                    })
+                    .await
+                    .map_err(|e| {
+                        StepError::new(
+                            "transferred",
+                            format!("media {} did not open a restore session: {e}", system.media),
+                        )
+                    })?;
+                    Some(opened.session)
+                } else {
+                    None
+                };
                 let start = StartRestoreTransfer {
                     job: self.rec.id,
                     media: system.media.clone(),
-                    snapshot: self
-                        .rec
-                        .snapshot
-                        .clone()
-                        .expect("restore jobs name a snapshot"),
+                    snapshot,
                     target: self.rec.target.clone(),
+                    session,
                     chunk_key: chunk_key.key,
                     filter: self.rec.filter.clone(),
                 };
+                let token = self.token(&system.name, grant);
                 let _: TransferAccepted = rpc::retry(retry, || {
-                    rpc::request(
+                    rpc::request_signed(
                         client,
                         subject::agent(&system.name, AgentVerb::Restore),
                         &start,
+                        timeout,
+                        &token,
                     )
                 })
                 .await
@@ -685,8 +776,9 @@ impl Driver {
                     stopping = true;
                     self.note_cancel().await;
                     let cancel = CancelTransfer { job: self.rec.id };
+                    let token = self.token(&system.name, Grant::default());
                     let r: Result<TransferCancelled, RpcError> = rpc::retry(Duration::from_secs(10), || {
-                        rpc::request(&client, subject::agent(&system.name, AgentVerb::Cancel), &cancel)
+                        rpc::request_signed(&client, subject::agent(&system.name, AgentVerb::Cancel), &cancel, rpc::DEFAULT_TIMEOUT, &token)
                     })
                     .await;
                     match r {
@@ -780,13 +872,15 @@ impl Driver {
                 deadline_secs: None,
                 post_hook: None,
             };
+            let token = self.token(&system.name, Grant::default());
             let r: Result<HookReply, RpcError> =
                 rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
-                    rpc::request_with_timeout(
+                    rpc::request_signed(
                         &client,
                         subject::agent(&system.name, AgentVerb::Finish),
                         &req,
                         timeout,
+                        &token,
                     )
                 })
                 .await;

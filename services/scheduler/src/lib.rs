@@ -23,6 +23,7 @@ use arca_schemas::event::EventDetail;
 use arca_schemas::job::Trigger;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, SchedulerVerb};
+use arca_schemas::trust::{AuditKind, AuditRecord};
 use arca_schemas::{BackupType, ErrorCode, JobId, JobKind, JobRecord, JobStatus, JobStep};
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -80,6 +81,14 @@ pub struct Config {
     /// Most job events kept (-1: no limit); the oldest go first.
     #[serde(default = "default_events_msgs")]
     pub events_max_msgs: i64,
+    /// The scheduler's identity (an nkey seed, mode 0600, created when
+    /// missing): it authenticates to NATS and signs every job token.
+    /// Required.
+    #[serde(default)]
+    pub identity_file: Option<std::path::PathBuf>,
+    /// TLS settings of the NATS connection.
+    #[serde(default)]
+    pub tls: Option<arca_runtime::nats::TlsFiles>,
 }
 
 fn default_id() -> String {
@@ -126,6 +135,26 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The scheduler's identity, created on first start.
+    pub fn identity(&self) -> anyhow::Result<arca_runtime::identity::Identity> {
+        let path = self.identity_file.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "identity-file is required: the scheduler signs every job token with it \
+                 (e.g. identity-file = \"/var/lib/arca/scheduler.nk\"; created on first start)"
+            )
+        })?;
+        Ok(arca_runtime::identity::Identity::load_or_create(path)?)
+    }
+
+    /// Credentials of the NATS connection.
+    pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
+        Ok(arca_runtime::nats::Credentials {
+            identity: Some(self.identity()?),
+            tls: self.tls.clone(),
+            inbox_prefix: None,
+        })
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             subject::valid_token(&self.id),
@@ -161,10 +190,14 @@ struct NewJob {
     trigger: Trigger,
     scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     filter: arca_schemas::PathFilter,
+    source_system: Option<String>,
+    operator: Option<String>,
 }
 
 pub(crate) struct Scheduler {
     config: Config,
+    /// Signs the job tokens agents and media require.
+    issuer: arca_runtime::trust::Issuer,
     client: Client,
     state: State,
     queue: queue::Queue,
@@ -184,6 +217,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
+    let identity = config.identity().map_err(|e| anyhow::anyhow!("{e}"))?;
     let retention = EventsRetention {
         max_age: Duration::from_secs(config.events_max_age_days * 24 * 3600),
         max_bytes: config.events_max_bytes,
@@ -202,6 +236,7 @@ pub async fn run(
     };
     let sched = Arc::new(Scheduler {
         config,
+        issuer: arca_runtime::trust::Issuer::new(identity),
         client: client.clone(),
         state,
         queue: queue::Queue::new(),
@@ -311,6 +346,16 @@ impl Scheduler {
         self.cancels.lock().expect("cancels lock").remove(&id);
     }
 
+    /// Who the scheduler's audit records name.
+    fn audit_by(&self) -> String {
+        format!("scheduler/{}", self.config.id)
+    }
+
+    /// Stores an audit record in the audit stream.
+    async fn audit(&self, record: AuditRecord) {
+        arca_runtime::trust::audit(&self.client, "scheduler", &self.config.id, record).await;
+    }
+
     /// Registers the cancel signal of a job about to be driven.
     fn watch_cancel(&self, id: JobId) -> tokio::sync::watch::Receiver<bool> {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -332,6 +377,8 @@ impl Scheduler {
             trigger,
             scheduled_for,
             filter,
+            source_system,
+            operator,
         } = new;
         let now = chrono::Utc::now();
         let rec = JobRecord {
@@ -359,6 +406,8 @@ impl Scheduler {
             prepared_at: None,
             cancel_requested: false,
             resumed: 0,
+            source_system,
+            operator,
         };
         self.put_job(&rec).await?;
         arca_runtime::events::publish(
@@ -397,6 +446,8 @@ impl Scheduler {
                 trigger,
                 scheduled_for,
                 filter: Default::default(),
+                source_system: None,
+                operator: None,
             };
             let rec = self.create_job(sys, new).await?;
             jobs.push((rec.priority, rec.id));
@@ -427,23 +478,53 @@ impl Scheduler {
     async fn start_restore(&self, p: &[u8]) -> Result<JobsStarted, ErrorReply> {
         let req: StartRestore = decode_request(p)?;
         let info = self.catalog_entry(&req.snapshot).await?;
-        let system = self.system(&info.system).await?;
+        // Invariant 4: a snapshot restores onto its own system unless the
+        // operator names another one and allows it explicitly; both the
+        // refusal and the override are audited.
+        let onto = req.to_system.clone().unwrap_or_else(|| info.system.clone());
+        let cross = onto != info.system;
+        if cross && !req.allow_cross_system {
+            let mut a = AuditRecord::new(AuditKind::Refused, self.audit_by());
+            a.system = Some(onto.clone());
+            a.source_system = Some(info.system.clone());
+            a.snapshot = Some(req.snapshot.clone());
+            a.operator = req.operator.clone();
+            a.reason = Some("restore onto another system without --allow-cross-system".into());
+            self.audit(a).await;
+            return Err(ErrorReply::forbidden(format!(
+                "snapshot {} belongs to system {}; restoring it onto {onto} needs \
+                 --allow-cross-system (the restore is then recorded in the audit stream)",
+                req.snapshot, info.system
+            )));
+        }
+        let system = self.system(&onto).await?;
         if let Some(t) = req.target.as_ref().filter(|t| !t.starts_with('/')) {
             return Err(ErrorReply::bad_request(format!(
                 "restore target {t:?} must be an absolute path on system {}",
-                info.system
+                onto
             )));
         }
         let new = NewJob {
             kind: JobKind::Restore,
-            snapshot: Some(req.snapshot),
+            snapshot: Some(req.snapshot.clone()),
             target: req.target,
             filter: req.filter,
             backup_type: None,
             trigger: Trigger::Operator,
             scheduled_for: None,
+            source_system: cross.then(|| info.system.clone()),
+            operator: req.operator.clone(),
         };
         let rec = self.create_job(&system, new).await?;
+        if cross {
+            let mut a = AuditRecord::new(AuditKind::CrossSystemRestore, self.audit_by());
+            a.system = Some(onto.clone());
+            a.source_system = Some(info.system.clone());
+            a.snapshot = Some(req.snapshot);
+            a.job = Some(rec.id);
+            a.operator = req.operator;
+            self.audit(a).await;
+        }
         self.queue.push_all([(rec.priority, rec.id)]);
         Ok(JobsStarted { jobs: vec![rec.id] })
     }

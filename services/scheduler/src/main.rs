@@ -22,7 +22,11 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => arca_runtime::config::load(path)?,
         None => Default::default(),
     };
-    let client =
-        arca_runtime::connect(&args.nats_url, &format!("arca-scheduler-{}", config.id)).await?;
+    let client = arca_runtime::nats::connect_as(
+        &args.nats_url,
+        &format!("arca-scheduler-{}", config.id),
+        &config.credentials()?,
+    )
+    .await?;
     arca_scheduler::run(config, client, arca_runtime::shutdown::signal()).await
 }

@@ -6,13 +6,14 @@
 //! `arca.fw.<id>.status` right now. A cron expression or time zone that
 //! cannot be read is refused, naming the field.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use arca_runtime::rpc::{self, decode_request};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, FirewallVerb};
+use arca_schemas::trust::{AuditKind, AuditRecord};
 use arca_schemas::{ErrorCode, SystemConfig};
 
 use crate::{Scheduler, schedule};
@@ -33,12 +34,13 @@ impl Scheduler {
                 )));
             }
         }
-        let known: HashSet<String> = self
+        let registered: HashMap<String, SystemConfig> = self
             .all_systems()
             .await?
             .into_iter()
-            .map(|s| s.name)
+            .map(|s| (s.name.clone(), s))
             .collect();
+        let known: HashSet<String> = registered.keys().cloned().collect();
         for s in &req.systems {
             match req.mode {
                 LoadMode::Add if known.contains(&s.name) => {
@@ -62,7 +64,20 @@ impl Scheduler {
         let mut stored = Vec::new();
         for s in req.systems {
             self.put_system(&s).await?;
-            tracing::info!(system = %s.name, "system registered");
+            tracing::info!(system = %s.name, agent = ?s.agent, "system registered");
+            let before = registered.get(&s.name).and_then(|r| r.agent.clone());
+            let kind = match (&before, &s.agent) {
+                (None, Some(_)) => Some(AuditKind::Enrolled),
+                (Some(a), b) if Some(a) != b.as_ref() => Some(AuditKind::KeyChanged),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let mut a = AuditRecord::new(kind, self.audit_by());
+                a.system = Some(s.name.clone());
+                a.key = s.agent.clone();
+                a.previous_key = before;
+                self.audit(a).await;
+            }
             stored.push(s.name);
         }
         Ok(LoadSystemsReply { stored })
@@ -71,6 +86,15 @@ impl Scheduler {
     /// Every check of one system, naming the field that is wrong.
     async fn check_system(&self, s: &SystemConfig) -> Result<(), ErrorReply> {
         s.validate().map_err(ErrorReply::bad_request)?;
+        if let Some(key) = &s.agent
+            && !arca_runtime::identity::valid_public_key(key)
+        {
+            return Err(ErrorReply::bad_request(format!(
+                "system {:?}: agent: {key:?} is not a public user nkey (U..., 56 characters); \
+                 the agent prints its key with `arca-agent --config FILE --public-key`",
+                s.name
+            )));
+        }
         schedule::compile(&s.schedules)
             .map_err(|e| ErrorReply::bad_request(format!("system {:?}: {e}", s.name)))?;
         for fw in &s.firewalls {

@@ -541,12 +541,13 @@ async fn a_system_behind_two_firewalls_one_on_a_router() {
 
     // A second controller in `hi`, on the forward hook, in its own table.
     stack
-        .write(
+        .write_service(
             "router.toml",
             &format!(
                 "id = \"router\"\nbackend = \"nftables\"\ntable = \"arca_router\"\n\
                  ports = [{port}]\nguard-interfaces = [\"to-ops\"]\nforward = true\n"
             ),
+            "firewall-router",
         )
         .unwrap();
     stack
@@ -657,9 +658,10 @@ async fn a_table_the_controller_did_not_create_is_left_alone() {
     assert!(made.status.success(), "{made:?}");
     let before = stack.net().hi.ruleset().unwrap();
     stack
-        .write(
+        .write_service(
             "other.toml",
             "id = \"other\"\nbackend = \"nftables\"\ntable = \"other\"\n",
+            "firewall-other",
         )
         .unwrap();
     stack.spawn("other", "arca-firewall", "other.toml").unwrap();
@@ -687,12 +689,13 @@ async fn a_changed_configuration_replaces_the_table_in_one_step() {
     let extra = arca_testkit::free_port();
     stack.kill("firewall");
     stack
-        .write(
+        .write_service(
             "firewall.toml",
             &format!(
                 "id = \"{FIREWALL}\"\nbackend = \"nftables\"\ntable = \"arca\"\n\
                  ports = [{port}, {extra}]\nguard-interfaces = [\"to-ops\", \"to-ops2\"]\n"
             ),
+            "firewall",
         )
         .unwrap();
     restart_firewall(&mut stack).await;

@@ -22,6 +22,8 @@
 //! - `registry`: `arca system ...`, `arca jobs`, `arca catalog rebuild`.
 //! - `dashboard`: every event of real jobs validated against its JSON
 //!   Schema by a Python client (nats-py).
+//! - `trust`: agents confined to their own subjects by the server, job
+//!   tokens, signed manifests, cross-system restores, audit, TLS.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -37,3 +39,4 @@ mod registry;
 mod repository;
 mod round_trip;
 mod scheduling;
+mod trust;

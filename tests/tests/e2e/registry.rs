@@ -25,7 +25,7 @@ name = "web01"
 address = "10.0.5.21"
 paths = ["{}"]
 exclude = ["*.tmp"]
-agent = "UAGENTWEB01"
+agent = "{}"
 firewalls = ["local"]
 priority = 5
 {extra}
@@ -41,7 +41,8 @@ time-zone = "Europe/Berlin"
 keep-daily = 7
 keep-weekly = 4
 "#,
-        data.display()
+        data.display(),
+        arca_e2e::agent_key("web01")
     )
 }
 

@@ -329,6 +329,7 @@ async fn identical_files_of_two_systems_are_stored_twice_and_stay_apart() {
         subject::media("main", MediaVerb::Snapshot),
         &GetSnapshot {
             snapshot: rp.snapshot.clone().unwrap(),
+            session: None,
         },
     )
     .await
@@ -337,14 +338,20 @@ async fn identical_files_of_two_systems_are_stored_twice_and_stay_apart() {
     let ok: Result<ChunkData, _> = rpc::request(
         &stack.client,
         subject::media_data("main", "p", MediaDataVerb::Get),
-        &GetChunk { id: p_tree },
+        &GetChunk {
+            id: p_tree,
+            session: None,
+        },
     )
     .await;
     assert!(ok.is_ok());
     let other: Result<ChunkData, rpc::RpcError> = rpc::request(
         &stack.client,
         subject::media_data("main", "q", MediaDataVerb::Get),
-        &GetChunk { id: p_tree },
+        &GetChunk {
+            id: p_tree,
+            session: None,
+        },
     )
     .await;
     assert!(

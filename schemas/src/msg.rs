@@ -557,6 +557,27 @@ pub struct PutChunk {
     pub frame: Vec<u8>,
 }
 
+/// Store several chunks with one durable write (agent to media, on
+/// `put-many`); small files make many small chunks, and one round trip and
+/// one sync for each would bound a backup by latency.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct PutChunks {
+    /// Session the chunks belong to.
+    pub session: String,
+    /// The chunks, as in [`PutChunk`] (its `session` is ignored).
+    pub chunks: Vec<PutChunk>,
+}
+
+/// Answer to [`PutChunks`]: for each chunk in order, false when the
+/// repository already held it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunksStored {
+    /// One flag per chunk.
+    pub new: Vec<bool>,
+}
+
 /// Answer to [`PutChunk`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -256,6 +256,7 @@ verbs!(
     MediaDataVerb {
         Has = "has",
         Put = "put",
+        PutMany = "put-many",
         Commit = "commit",
         Get = "get",
         Snapshot = "snapshot",

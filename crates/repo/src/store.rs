@@ -460,6 +460,36 @@ impl Repository {
         self.append(system, kind, id, frame, true)
     }
 
+    /// Stores several chunks with one sync for all of them (and one per
+    /// pack sealed on the way); for each, false when it was already stored.
+    /// Nothing is acknowledged before it is durable.
+    pub fn put_chunks(
+        &self,
+        system: &str,
+        chunks: &[(Kind, ChunkId, &[u8])],
+    ) -> Result<Vec<bool>, RepoError> {
+        let mut new = Vec::with_capacity(chunks.len());
+        let mut last = None;
+        for (kind, id, frame) in chunks {
+            match self.append_unsynced(system, *kind, id, frame, false)? {
+                None => new.push(false),
+                Some((generation, end, file, full)) => {
+                    new.push(true);
+                    if full {
+                        self.seal_open(system, Some(generation))?;
+                        last = None;
+                    } else {
+                        last = Some((generation, end, file));
+                    }
+                }
+            }
+        }
+        if let Some((generation, end, file)) = last {
+            self.sync_upto(&self.writer(system), generation, end, &file)?;
+        }
+        Ok(new)
+    }
+
     fn append(
         &self,
         system: &str,
@@ -468,15 +498,39 @@ impl Repository {
         frame: &[u8],
         again: bool,
     ) -> Result<bool, RepoError> {
-        if !again && self.has_chunk(system, id) {
+        let Some((generation, end, file, full)) =
+            self.append_unsynced(system, kind, id, frame, again)?
+        else {
             return Ok(false);
+        };
+        self.sync_upto(&self.writer(system), generation, end, &file)?;
+        if full {
+            self.seal_open(system, Some(generation))?;
+        }
+        Ok(true)
+    }
+
+    /// Appends a record to the open pack without syncing it; `None` when
+    /// the chunk was already stored. Returns the pack's generation, its
+    /// length after the record, its file, and whether it is now full.
+    #[allow(clippy::type_complexity)]
+    fn append_unsynced(
+        &self,
+        system: &str,
+        kind: Kind,
+        id: &ChunkId,
+        frame: &[u8],
+        again: bool,
+    ) -> Result<Option<(u64, u64, Arc<File>, bool)>, RepoError> {
+        if !again && self.has_chunk(system, id) {
+            return Ok(None);
         }
         let record = pack::record(&self.keys, system, kind, id, frame);
         let writer = self.writer(system);
         let (generation, end, file, full) = {
             let mut st = writer.state.lock().expect("writer lock");
             if !again && self.has_chunk(system, id) {
-                return Ok(false);
+                return Ok(None);
             }
             if st.open.is_none() {
                 st.next_gen += 1;
@@ -533,11 +587,7 @@ impl Repository {
                 open.len >= self.pack_size,
             )
         };
-        self.sync_upto(&writer, generation, end, &file)?;
-        if full {
-            self.seal_open(system, Some(generation))?;
-        }
-        Ok(true)
+        Ok(Some((generation, end, file, full)))
     }
 
     /// Group commit: makes the open pack durable up to `end`.
@@ -929,6 +979,33 @@ mod tests {
         drop(repo);
         let repo = open(dir.path());
         assert_eq!(repo.get_chunk("a", &id).unwrap(), f);
+    }
+
+    #[test]
+    fn a_batch_is_stored_across_sealed_packs_and_known_chunks_are_not_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = open(dir.path());
+        // 40 chunks of 60 kB: the 1 MiB packs fill and seal twice on the way.
+        let chunks: Vec<_> = (1..=40).map(|s| chunk(&repo, "a", s, 60_000)).collect();
+        repo.put_chunk("a", Kind::Data, &chunks[0].0, &chunks[0].1)
+            .unwrap();
+        let items: Vec<(Kind, ChunkId, &[u8])> = chunks
+            .iter()
+            .map(|(id, f)| (Kind::Data, *id, f.as_slice()))
+            .collect();
+        let new = repo.put_chunks("a", &items).unwrap();
+        assert!(!new[0], "the chunk stored before is not new");
+        assert!(new[1..].iter().all(|n| *n));
+        // Everything acknowledged is readable after reopening, sealed or not.
+        drop(repo);
+        let repo = open(dir.path());
+        for (id, f) in &chunks {
+            assert_eq!(&repo.get_chunk("a", id).unwrap(), f);
+        }
+        let sealed = std::fs::read_dir(dir.path().join("repo/data/a"))
+            .unwrap()
+            .count();
+        assert!(sealed >= 1, "no pack was sealed on the way");
     }
 
     #[test]

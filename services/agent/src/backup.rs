@@ -23,8 +23,8 @@ use arca_repo::frame;
 use arca_runtime::rpc::{self, RpcError};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
-    ChunkStored, CommitSnapshot, HasChunks, HasChunksReply, PutChunk, SnapshotCommitted,
-    StartBackupTransfer, TransferOutcome,
+    ChunksStored, CommitSnapshot, HasChunks, HasChunksReply, PutChunk, PutChunks,
+    SnapshotCommitted, StartBackupTransfer, TransferOutcome,
 };
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
@@ -58,6 +58,12 @@ pub fn chunker<R: std::io::Read>(source: R, p: &ChunkParams) -> fastcdc::v2020::
 
 /// Nodes per tree chunk.
 const TREE_BATCH: usize = 4096;
+
+/// Most chunks, and plain bytes, sent to media in one request (a single
+/// chunk larger than that goes alone; chunks are cut to fit the server's
+/// max_payload).
+const PUT_BATCH_CHUNKS: usize = 256;
+const PUT_BATCH_BYTES: usize = 2 << 20;
 
 enum Item {
     /// Plain bytes; the sender compresses them.
@@ -124,22 +130,23 @@ pub async fn run(
         )
     });
 
-    let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
+    let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::PutMany);
     let mut in_flight = FuturesUnordered::new();
     let mut tree = None;
     let mut failure: Option<ErrorReply> = None;
+    let mut reader_failed = false;
+    // A chunk taken from the channel that did not fit in the last batch.
+    let mut carry: Option<Item> = None;
     loop {
         tokio::select! {
             biased;
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let done: Result<(ChunkStored, usize), RpcError> = done;
+                let done: Result<(ChunksStored, usize), RpcError> = done;
                 match done {
                     Ok((stored, wire)) => {
                         let mut p = progress.lock().expect("progress lock");
                         p.stats.wire_bytes += wire as u64;
-                        if stored.new {
-                            p.stats.new_chunks += 1;
-                        }
+                        p.stats.new_chunks += stored.new.iter().filter(|n| **n).count() as u64;
                     }
                     Err(e) => {
                         failure = Some(e.to_reply());
@@ -147,33 +154,78 @@ pub async fn run(
                     }
                 }
             }
-            item = rx.recv(), if in_flight.len() < window && tree.is_none() => {
-                match item {
-                    Some(Item::Chunk { id, data, tree }) => {
-                        let session = req.session.clone();
-                        let subject = put_subject.clone();
-                        let client = client.clone();
-                        let level = params.level;
-                        in_flight.push(async move {
-                            // Compression runs beside the reader, on as many
-                            // threads as there are chunks in flight.
-                            let frame = tokio::task::spawn_blocking(move || frame::encode(&data, level))
-                                .await
-                                .map_err(|e| RpcError::Transport { subject: subject.clone(), message: format!("compression failed: {e}") })?;
-                            let body = PutChunk { session, id, tree, frame };
-                            let wire = body.frame.len();
-                            let r = rpc::retry(Duration::from_secs(30), || {
-                                rpc::request_with_timeout::<_, ChunkStored>(&client, subject.clone(), &body, timeout)
-                            })
-                            .await?;
-                            Ok((r, wire))
-                        });
+            item = next_item(&mut carry, &mut rx), if in_flight.len() < window && tree.is_none() => {
+                let Some(first) = item else {
+                    // The reader ended without Done: it failed.
+                    break;
+                };
+                // What is waiting goes together: one round trip and one
+                // durable write for many small chunks.
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(item) = next.take() {
+                    match item {
+                        Item::Chunk { id, data, tree } => {
+                            if !batch.is_empty() && bytes + data.len() > PUT_BATCH_BYTES {
+                                carry = Some(Item::Chunk { id, data, tree });
+                                break;
+                            }
+                            bytes += data.len();
+                            batch.push((id, data, tree));
+                        }
+                        Item::Done { tree: t } => {
+                            tree = Some(t);
+                            break;
+                        }
                     }
-                    Some(Item::Done { tree: t }) => tree = Some(t),
-                    None => {
-                        // The reader ended without Done: it failed.
+                    if batch.len() >= PUT_BATCH_CHUNKS || bytes >= PUT_BATCH_BYTES {
                         break;
                     }
+                    match rx.try_recv() {
+                        Ok(i) => next = Some(i),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            reader_failed = tree.is_none();
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let session = req.session.clone();
+                    let subject = put_subject.clone();
+                    let client = client.clone();
+                    let level = params.level;
+                    in_flight.push(async move {
+                        // Compression runs beside the reader, one thread per chunk.
+                        let encoded = futures::future::join_all(batch.into_iter().map(|(id, data, tree)| {
+                            tokio::task::spawn_blocking(move || (id, tree, frame::encode(&data, level)))
+                        }))
+                        .await;
+                        let mut chunks = Vec::with_capacity(encoded.len());
+                        for e in encoded {
+                            let (id, tree, frame) = e.map_err(|e| RpcError::Transport {
+                                subject: subject.clone(),
+                                message: format!("compression failed: {e}"),
+                            })?;
+                            chunks.push(PutChunk { session: String::new(), id, tree, frame });
+                        }
+                        let body = PutChunks { session, chunks };
+                        let wire = body.chunks.iter().map(|c| c.frame.len()).sum();
+                        let r: ChunksStored = rpc::retry(Duration::from_secs(30), || {
+                            rpc::request_with_timeout(&client, subject.clone(), &body, timeout)
+                        })
+                        .await?;
+                        if r.new.len() != body.chunks.len() {
+                            return Err(RpcError::Transport {
+                                subject: subject.clone(),
+                                message: "media answered for a different number of chunks".into(),
+                            });
+                        }
+                        Ok((r, wire))
+                    });
+                }
+                if reader_failed {
+                    break;
                 }
             }
             else => break,
@@ -243,6 +295,17 @@ pub async fn run(
     {
         Ok(c) => outcome(Some(c.snapshot.id), None),
         Err(e) => outcome(None, Some(e.to_reply())),
+    }
+}
+
+/// The chunk left over from the last batch, or the next from the reader.
+async fn next_item(
+    carry: &mut Option<Item>,
+    rx: &mut tokio::sync::mpsc::Receiver<Item>,
+) -> Option<Item> {
+    match carry.take() {
+        Some(i) => Some(i),
+        None => rx.recv().await,
     }
 }
 

@@ -338,6 +338,10 @@ impl Media {
                 let r = self.clone().put(system, msg.payload.clone()).await;
                 respond(&self.client, &msg, r).await
             }
+            Some(MediaDataVerb::PutMany) => {
+                let r = self.clone().put_many(system, msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
             Some(MediaDataVerb::Commit) => {
                 let r = self
                     .clone()
@@ -517,6 +521,41 @@ impl Media {
                 .put_chunk(&system, kind, &req.id, &req.frame)
                 .map_err(|e| e.to_reply())?;
             Ok(ChunkStored { new })
+        })
+        .await
+    }
+
+    /// Stores a batch of chunks with one durable write.
+    async fn put_many(
+        self: Arc<Self>,
+        system: String,
+        payload: bytes::Bytes,
+    ) -> Result<ChunksStored, ErrorReply> {
+        let req: PutChunks = decode_request(&payload)?;
+        self.check_session(&req.session, &system)?;
+        let ids: Vec<_> = req.chunks.iter().map(|c| c.id).collect();
+        self.touch(&req.session, &ids);
+        blocking("put", move || {
+            let key = self.repo.chunk_id_key(&system);
+            // Every chunk's claim is checked, as for a single put.
+            for c in &req.chunks {
+                if !self.repo.has_chunk(&system, &c.id) {
+                    frame::decode(&c.frame, &key, &c.id).map_err(|e| e.to_reply())?;
+                }
+            }
+            let items: Vec<(Kind, arca_schemas::ChunkId, &[u8])> = req
+                .chunks
+                .iter()
+                .map(|c| {
+                    let kind = if c.tree { Kind::Tree } else { Kind::Data };
+                    (kind, c.id, c.frame.as_slice())
+                })
+                .collect();
+            let new = self
+                .repo
+                .put_chunks(&system, &items)
+                .map_err(|e| e.to_reply())?;
+            Ok(ChunksStored { new })
         })
         .await
     }

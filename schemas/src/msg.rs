@@ -626,6 +626,39 @@ pub struct GetChunk {
     pub session: Option<String>,
 }
 
+/// Fetch several chunks in one round trip (agent to media, on `get-many`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct GetChunks {
+    /// Chunk ids.
+    pub ids: Vec<ChunkId>,
+    /// As in [`GetChunk`].
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Answer to [`GetChunks`]: one entry per id, in order. A chunk that
+/// cannot be read has its error, so that only its file fails.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunksData {
+    /// Frames or errors.
+    pub chunks: Vec<FetchedChunk>,
+}
+
+/// One chunk of [`ChunksData`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct FetchedChunk {
+    /// The chunk frame as stored, when it could be read.
+    #[serde(default, with = "serde_bytes")]
+    #[schemars(with = "Option<Vec<u8>>")]
+    pub frame: Option<Vec<u8>>,
+    /// Why it could not be.
+    #[serde(default)]
+    pub error: Option<crate::ErrorReply>,
+}
+
 /// Answer to [`GetChunk`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

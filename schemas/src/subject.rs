@@ -259,6 +259,7 @@ verbs!(
         PutMany = "put-many",
         Commit = "commit",
         Get = "get",
+        GetMany = "get-many",
         Snapshot = "snapshot",
     }
 );

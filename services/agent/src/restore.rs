@@ -30,7 +30,8 @@ use arca_repo::frame;
 use arca_runtime::rpc;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
-    ChunkData, GetChunk, GetSnapshot, SnapshotReply, StartRestoreTransfer, TransferOutcome,
+    ChunkData, ChunksData, FetchedChunk, GetChunk, GetChunks, GetSnapshot, SnapshotReply,
+    StartRestoreTransfer, TransferOutcome,
 };
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
@@ -114,6 +115,33 @@ async fn get_chunk(
     .await
     .map_err(|e| e.to_reply())?;
     Ok(r.frame)
+}
+
+/// Most chunks, and plain bytes, fetched in one request.
+const GET_BATCH_CHUNKS: usize = 256;
+const GET_BATCH_BYTES: usize = 2 << 20;
+
+/// Fetches several chunks; `Err` when the request as a whole failed.
+async fn get_chunks(
+    client: &async_nats::Client,
+    subject: &str,
+    ids: Vec<ChunkId>,
+    session: Option<String>,
+    timeout: Duration,
+) -> Result<Vec<FetchedChunk>, ErrorReply> {
+    let n = ids.len();
+    let body = GetChunks { ids, session };
+    let r: ChunksData = rpc::retry(Duration::from_secs(30), || {
+        rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
+    })
+    .await
+    .map_err(|e| e.to_reply())?;
+    if r.chunks.len() != n {
+        return Err(ErrorReply::internal(
+            "media answered for a different number of chunks",
+        ));
+    }
+    Ok(r.chunks)
 }
 
 /// The temporary file of a file being restored.
@@ -281,7 +309,7 @@ async fn restore(
     };
 
     // Every chunk of every file, fetched and written in any order.
-    let pieces: Vec<(usize, u64, ChunkId)> = ctx
+    let pieces: Vec<(usize, u64, ChunkId, u32)> = ctx
         .files
         .iter()
         .enumerate()
@@ -303,25 +331,57 @@ async fn restore(
             chunks
                 .into_iter()
                 .zip(offsets)
-                .map(move |(id, off)| (i, off, id))
+                .zip(sizes)
+                .map(move |((id, off), size)| (i, off, id, size))
         })
         .collect();
-    let mut done = stream::iter(pieces)
-        .map(|(i, offset, id)| {
+    // Small chunks are fetched together: one round trip for many.
+    let mut batches: Vec<Vec<(usize, u64, ChunkId)>> = Vec::new();
+    let mut bytes = 0usize;
+    for (i, offset, id, size) in pieces {
+        let fits = batches.last().is_some_and(|b| {
+            b.len() < GET_BATCH_CHUNKS && bytes + size as usize <= GET_BATCH_BYTES
+        });
+        if !fits {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size as usize;
+        batches.last_mut().expect("pushed").push((i, offset, id));
+    }
+    let get_many = subject::media_data(&req.media, system, MediaDataVerb::GetMany);
+    let mut done = stream::iter(batches)
+        .map(|batch| {
             let ctx = ctx.clone();
-            let subject = get_subject.clone();
+            let subject = get_many.clone();
             let client = client.clone();
             let session = req.session.clone();
             async move {
-                let fetched = get_chunk(&client, &subject, id, session, timeout).await;
+                let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id)| *id).collect();
+                let fetched = get_chunks(&client, &subject, ids, session, timeout).await;
                 let ctx2 = ctx.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    match fetched {
-                        Ok(frame) => ctx2.write_piece(i, offset, id, &frame),
-                        Err(e) => ctx2.fail(i, format!("chunk {id}: {}", e.message)),
-                    }
-                    if ctx2.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        ctx2.finish_file(i);
+                    let mut fetched = match fetched {
+                        Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(e) => vec![Err(e); batch.len()],
+                    };
+                    for ((i, offset, id), got) in batch.into_iter().zip(fetched.drain(..)) {
+                        match got {
+                            Ok(FetchedChunk {
+                                frame: Some(frame), ..
+                            }) => ctx2.write_piece(i, offset, id, &frame),
+                            Ok(FetchedChunk { error, .. }) => ctx2.fail(
+                                i,
+                                format!(
+                                    "chunk {id}: {}",
+                                    error.map(|e| e.message).unwrap_or_else(|| "missing".into())
+                                ),
+                            ),
+                            Err(e) => ctx2.fail(i, format!("chunk {id}: {}", e.message)),
+                        }
+                        if ctx2.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            ctx2.finish_file(i);
+                        }
                     }
                 })
                 .await;

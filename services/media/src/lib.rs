@@ -349,6 +349,10 @@ impl Media {
                     .await;
                 self.answer(&msg, Some(system), r).await
             }
+            Some(MediaDataVerb::GetMany) => {
+                let r = self.clone().get_many(system, msg.payload.clone()).await;
+                respond(&self.client, &msg, r).await
+            }
             Some(MediaDataVerb::Get) => {
                 let r = self.clone().get(system, msg.payload.clone()).await;
                 respond(&self.client, &msg, r).await
@@ -643,6 +647,33 @@ impl Media {
                 .get_chunk(&system, &req.id)
                 .map_err(|e| e.to_reply())?;
             Ok(ChunkData { frame })
+        })
+        .await
+    }
+
+    async fn get_many(
+        self: Arc<Self>,
+        system: String,
+        payload: bytes::Bytes,
+    ) -> Result<ChunksData, ErrorReply> {
+        let req: GetChunks = decode_request(&payload)?;
+        let (system, _) = self.read_scope(&system, req.session.as_deref())?;
+        blocking("get", move || {
+            let chunks = req
+                .ids
+                .iter()
+                .map(|id| match self.repo.get_chunk(&system, id) {
+                    Ok(frame) => FetchedChunk {
+                        frame: Some(frame),
+                        error: None,
+                    },
+                    Err(e) => FetchedChunk {
+                        frame: None,
+                        error: Some(e.to_reply()),
+                    },
+                })
+                .collect();
+            Ok(ChunksData { chunks })
         })
         .await
     }

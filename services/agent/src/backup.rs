@@ -829,7 +829,7 @@ impl Reader<'_> {
         }
         // Held folders not above this one are finished, with nothing taken.
         while let Some(last) = self.held.last()
-            && !is_inside(&n.path, &last.path)
+            && !crate::select::is_inside(&n.path, &last.path)
         {
             self.held.pop();
         }
@@ -845,7 +845,10 @@ impl Reader<'_> {
         if !self.held.is_empty() {
             // Write the held folders above `n`, outermost first.
             let held = std::mem::take(&mut self.held);
-            for d in held.into_iter().filter(|d| is_inside(&n.path, &d.path)) {
+            for d in held
+                .into_iter()
+                .filter(|d| crate::select::is_inside(&n.path, &d.path))
+            {
                 self.push_node(d)?;
             }
         }
@@ -871,13 +874,6 @@ impl Reader<'_> {
         self.tree.push(id);
         self.send(id, bytes, true)
     }
-}
-
-/// True when `path` is strictly inside folder `dir`.
-fn is_inside(path: &[u8], dir: &[u8]) -> bool {
-    path.len() > dir.len()
-        && path.starts_with(dir)
-        && (dir.ends_with(b"/") || path[dir.len()] == b'/')
 }
 
 /// True when `dir` holds a `CACHEDIR.TAG` with the standard signature.

@@ -1,12 +1,16 @@
 //! Writing a snapshot back onto the system.
 //!
-//! The tree is read first and narrowed to the paths the restore's filter
-//! takes (with the folders above them). Folders are created. A file that
+//! The tree is read one tree chunk at a time, each narrowed to the paths
+//! the restore's filter takes (with the folders above them), while the
+//! files of the chunks before it are still being fetched: memory holds
+//! the chunks in flight, the folders and the links, never the whole tree.
+//! Folders are created. A file that
 //! already exists with the same size is read and each of its chunks hashed:
 //! when all match the snapshot it is left as it is (only its metadata is
 //! set), so a restore over a tree, or one run again after an interruption,
 //! rewrites only what differs. The chunks of every other file are fetched
-//! with up to `window` requests in flight across files, in any order, and
+//! in batches (many small chunks per request), with up to `window`
+//! requests in flight across files, in any order, and
 //! each is checked against the id recorded at backup time (invariant 6) and
 //! written at its offset (the tree records every chunk's length); all-zero
 //! blocks of a sparse file are left as holes. A file is written under a
@@ -37,7 +41,7 @@ use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
 use arca_schemas::trust::TokenClaims;
 use arca_schemas::{ChunkId, codec};
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::Progress;
 use crate::meta::{self, Names};
@@ -163,16 +167,38 @@ struct FileState {
     tmp: Mutex<Slot>,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
-    /// Set once the file is whole in place (other names may link to it).
-    done: std::sync::atomic::AtomicBool,
 }
 
-struct Ctx {
+/// What every part of a restore shares.
+struct Shared {
     root: PathBuf,
     key: [u8; 32],
     progress: Arc<Mutex<Progress>>,
-    files: Vec<FileState>,
     names: Mutex<Names>,
+    /// Files of the restore that were not restored (other names of them
+    /// are not linked).
+    failed: Mutex<HashSet<Vec<u8>>>,
+}
+
+/// The files of one tree chunk being restored.
+struct Ctx {
+    shared: Arc<Shared>,
+    files: Vec<FileState>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A path's key in the set of files a restore writes.
+fn path_key(path: &[u8]) -> [u8; 16] {
+    let h = blake3::hash(path);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&h.as_bytes()[..16]);
+    k
 }
 
 async fn restore(
@@ -210,8 +236,22 @@ async fn restore(
         }
         None => PathBuf::from("/"),
     };
+    let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
+    let shared = Arc::new(Shared {
+        key: req.chunk_key,
+        progress: progress.clone(),
+        names: Mutex::new(Names::default()),
+        failed: Mutex::new(HashSet::new()),
+        root,
+    });
+    // The tree is read one chunk at a time and its files are fetched while
+    // the next chunk is read: memory holds the chunks in flight, the
+    // folders (for their metadata, set last) and links, not the tree.
     let get_subject = subject::media_data(&req.media, system, MediaDataVerb::Get);
-    let mut nodes = Vec::new();
+    let get_many = subject::media_data(&req.media, system, MediaDataVerb::GetMany);
+    let mut sel = Selector::new(filter);
+    let (mut dirs, mut others, mut links) = (Vec::new(), Vec::new(), Vec::new());
+    let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
         let frame_bytes =
             get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
@@ -222,78 +262,39 @@ async fn restore(
                 format!("tree chunk {id}: {e}"),
             )
         })?;
-        nodes.extend(batch.nodes);
-    }
-
-    let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
-    let nodes = select_nodes(nodes, &filter);
-    if nodes.is_empty() && !req.filter.is_empty() {
-        return Err(ErrorReply::bad_request(
-            "no path of the snapshot matches the restore's --include/--exclude patterns; list them with `arca ls`",
-        ));
-    }
-
-    // Folders first, in walk order. Other names of a file restored here
-    // are linked once it is in place.
-    let restored_files: HashSet<Vec<u8>> = nodes
-        .iter()
-        .filter(|n| matches!(n.kind, NodeKind::File { .. }) && n.hardlink.is_none())
-        .map(|n| n.path.clone())
-        .collect();
-    let (mut dirs, mut others, mut files, mut links) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for n in nodes {
-        match n.kind {
-            NodeKind::Dir => dirs.push(n),
-            NodeKind::File { .. } => match &n.hardlink {
-                Some(first) if restored_files.contains(first) => links.push(n),
-                _ => files.push(n),
-            },
-            _ => others.push(n),
-        }
-    }
-    drop(restored_files);
-    let ctx = Arc::new(Ctx {
-        key: req.chunk_key,
-        progress: progress.clone(),
-        files: Vec::new(),
-        names: Mutex::new(Names::default()),
-        root,
-    });
-    let dirs = {
-        let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            dirs.retain(|d| ctx.make_dir(d));
-            dirs
-        })
-        .await
-        .map_err(|e| ErrorReply::internal(e.to_string()))?
-    };
-    let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("no other owner"));
-    ctx.files = files
-        .into_iter()
-        .map(|node| {
-            let n = match &node.kind {
-                NodeKind::File { chunks, .. } => chunks.len(),
-                _ => 0,
-            };
-            FileState {
-                dest: ctx.dest(&node.path),
-                node,
-                tmp: Mutex::new(Slot::New),
-                remaining: AtomicUsize::new(n),
-                failed: Mutex::new(None),
-                done: Default::default(),
+        // Folders first, in walk order. Other names of a file restored
+        // here are linked once it is in place.
+        let (mut new_dirs, mut files) = (Vec::new(), Vec::new());
+        for n in sel.take(batch.nodes) {
+            match n.kind {
+                NodeKind::Dir => new_dirs.push(n),
+                NodeKind::File { .. } => match &n.hardlink {
+                    Some(first) if sel.files.contains(&path_key(first)) => links.push(n),
+                    _ => {
+                        sel.files.insert(path_key(&n.path));
+                        files.push(n)
+                    }
+                },
+                _ => others.push(n),
             }
-        })
-        .collect();
-    let ctx = Arc::new(ctx);
-
-    // Files already in place with the same content are left as they are;
-    // empty files need no chunk.
-    let skip = {
-        let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
+        }
+        let ctx = Ctx {
+            files: files
+                .into_iter()
+                .map(|node| FileState {
+                    remaining: AtomicUsize::new(node.chunks().len()),
+                    dest: shared.dest(&node.path),
+                    node,
+                    tmp: Mutex::new(Slot::New),
+                    failed: Mutex::new(None),
+                })
+                .collect(),
+            shared: shared.clone(),
+        };
+        // Folders made; files already in place with the same content left
+        // as they are; empty files need no chunk.
+        let (ctx, made, skip) = tokio::task::spawn_blocking(move || {
+            new_dirs.retain(|d| ctx.make_dir(d));
             let mut skip = vec![false; ctx.files.len()];
             for (i, s) in skip.iter_mut().enumerate() {
                 if ctx.already_there(i) {
@@ -302,105 +303,37 @@ async fn restore(
                     ctx.finish_file(i);
                 }
             }
-            skip
+            (ctx, new_dirs, skip)
         })
         .await
-        .map_err(|e| ErrorReply::internal(e.to_string()))?
-    };
-
-    // Every chunk of every file, fetched and written in any order.
-    let pieces: Vec<(usize, u64, ChunkId, u32)> = ctx
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !skip[*i])
-        .flat_map(|(i, f)| {
-            let (chunks, sizes) = match &f.node.kind {
-                NodeKind::File { chunks, sizes } => (chunks.clone(), sizes.clone()),
-                _ => (Vec::new(), Vec::new()),
-            };
-            let mut offset = 0u64;
-            let offsets: Vec<u64> = sizes
-                .iter()
-                .map(|s| {
-                    let o = offset;
-                    offset += *s as u64;
-                    o
-                })
-                .collect();
-            chunks
-                .into_iter()
-                .zip(offsets)
-                .zip(sizes)
-                .map(move |((id, off), size)| (i, off, id, size))
-        })
-        .collect();
-    // Small chunks are fetched together: one round trip for many.
-    let mut batches: Vec<Vec<(usize, u64, ChunkId)>> = Vec::new();
-    let mut bytes = 0usize;
-    for (i, offset, id, size) in pieces {
-        let fits = batches.last().is_some_and(|b| {
-            b.len() < GET_BATCH_CHUNKS && bytes + size as usize <= GET_BATCH_BYTES
-        });
-        if !fits {
-            batches.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += size as usize;
-        batches.last_mut().expect("pushed").push((i, offset, id));
-    }
-    let get_many = subject::media_data(&req.media, system, MediaDataVerb::GetMany);
-    let mut done = stream::iter(batches)
-        .map(|batch| {
-            let ctx = ctx.clone();
-            let subject = get_many.clone();
-            let client = client.clone();
-            let session = req.session.clone();
-            async move {
-                let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id)| *id).collect();
-                let fetched = get_chunks(&client, &subject, ids, session, timeout).await;
-                let ctx2 = ctx.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let mut fetched = match fetched {
-                        Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
-                        Err(e) => vec![Err(e); batch.len()],
-                    };
-                    for ((i, offset, id), got) in batch.into_iter().zip(fetched.drain(..)) {
-                        match got {
-                            Ok(FetchedChunk {
-                                frame: Some(frame), ..
-                            }) => ctx2.write_piece(i, offset, id, &frame),
-                            Ok(FetchedChunk { error, .. }) => ctx2.fail(
-                                i,
-                                format!(
-                                    "chunk {id}: {}",
-                                    error.map(|e| e.message).unwrap_or_else(|| "missing".into())
-                                ),
-                            ),
-                            Err(e) => ctx2.fail(i, format!("chunk {id}: {}", e.message)),
-                        }
-                        if ctx2.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            ctx2.finish_file(i);
-                        }
-                    }
-                })
-                .await;
+        .map_err(|e| ErrorReply::internal(e.to_string()))?;
+        dirs.extend(made);
+        let ctx = Arc::new(ctx);
+        for batch in piece_batches(&ctx, &skip) {
+            while in_flight.len() >= window.max(1) {
+                in_flight.next().await;
             }
-        })
-        .buffer_unordered(window.max(1));
-    while done.next().await.is_some() {}
-    drop(done);
+            in_flight.push(fetch_and_write(
+                ctx.clone(),
+                batch,
+                client.clone(),
+                get_many.clone(),
+                req.session.clone(),
+                timeout,
+            ));
+        }
+    }
+    while in_flight.next().await.is_some() {}
+    if !sel.any && !req.filter.is_empty() {
+        return Err(ErrorReply::bad_request(
+            "no path of the snapshot matches the restore's --include/--exclude patterns; list them with `arca ls`",
+        ));
+    }
 
-    let ctx2 = ctx.clone();
+    let ctx2 = shared.clone();
     tokio::task::spawn_blocking(move || {
-        let firsts: std::collections::HashMap<&[u8], usize> = ctx2
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.node.path.as_slice(), i))
-            .collect();
         for l in &links {
-            ctx2.link(l, &firsts);
+            ctx2.link(l);
         }
         for n in &others {
             let dest = ctx2.dest(&n.path);
@@ -427,7 +360,7 @@ async fn restore(
     Ok(())
 }
 
-impl Ctx {
+impl Shared {
     fn dest(&self, path: &[u8]) -> PathBuf {
         let rel = path.strip_prefix(b"/").unwrap_or(path);
         if rel.is_empty() {
@@ -439,6 +372,57 @@ impl Ctx {
 
     fn apply(&self, path: &Path, node: &Node) -> Result<(), String> {
         meta::apply(path, node, &mut self.names.lock().expect("names lock"))
+    }
+
+    /// Makes another name of a file restored in this run.
+    fn link(&self, node: &Node) {
+        let dest = self.dest(&node.path);
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        let first = node.hardlink.as_deref().unwrap_or_default();
+        let first_dest = self.dest(first);
+        let linked = if self.failed.lock().expect("failed lock").contains(first) {
+            Err(format!(
+                "not restored: it is another name of {}, which was not restored",
+                first_dest.display()
+            ))
+        } else {
+            replace_with(&dest, |d| std::fs::hard_link(&first_dest, d))
+                .map_err(|e| format!("cannot link to {}: {e}", first_dest.display()))
+        };
+        match linked {
+            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
+            Err(e) => self.file_error(&dest, e),
+        }
+    }
+
+    fn file_error(&self, path: &Path, error: String) {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .file_failed(path, error);
+    }
+
+    /// Creates a folder; false when it could not be.
+    fn make_dir(&self, node: &Node) -> bool {
+        let dest = self.dest(&node.path);
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        match std::fs::create_dir_all(&dest) {
+            Ok(()) => true,
+            Err(e) => {
+                self.file_error(&dest, format!("cannot create folder: {e}"));
+                false
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Records that file `i` was not restored.
+    fn not_restored(&self, i: usize) {
+        self.failed
+            .lock()
+            .expect("failed lock")
+            .insert(self.files[i].node.path.clone());
     }
 
     /// True when the file is already in place with the snapshot's content
@@ -476,52 +460,7 @@ impl Ctx {
         if let Err(e) = self.apply(&f.dest, &f.node) {
             self.file_error(&f.dest, e);
         }
-        f.done.store(true, Ordering::Release);
         true
-    }
-
-    /// Makes another name of a file restored in this run.
-    fn link(&self, node: &Node, firsts: &std::collections::HashMap<&[u8], usize>) {
-        let dest = self.dest(&node.path);
-        self.progress.lock().expect("progress lock").stats.entries += 1;
-        let first = node.hardlink.as_deref().unwrap_or_default();
-        let first_ok = firsts
-            .get(first)
-            .is_some_and(|i| self.files[*i].done.load(Ordering::Acquire));
-        let first_dest = self.dest(first);
-        let linked = if !first_ok {
-            Err(format!(
-                "not restored: it is another name of {}, which was not restored",
-                first_dest.display()
-            ))
-        } else {
-            replace_with(&dest, |d| std::fs::hard_link(&first_dest, d))
-                .map_err(|e| format!("cannot link to {}: {e}", first_dest.display()))
-        };
-        match linked {
-            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
-            Err(e) => self.file_error(&dest, e),
-        }
-    }
-
-    fn file_error(&self, path: &Path, error: String) {
-        self.progress
-            .lock()
-            .expect("progress lock")
-            .file_failed(path, error);
-    }
-
-    /// Creates a folder; false when it could not be.
-    fn make_dir(&self, node: &Node) -> bool {
-        let dest = self.dest(&node.path);
-        self.progress.lock().expect("progress lock").stats.entries += 1;
-        match std::fs::create_dir_all(&dest) {
-            Ok(()) => true,
-            Err(e) => {
-                self.file_error(&dest, format!("cannot create folder: {e}"));
-                false
-            }
-        }
     }
 
     fn fail(&self, i: usize, error: String) {
@@ -592,6 +531,7 @@ impl Ctx {
         self.progress.lock().expect("progress lock").stats.entries += 1;
         if let Some(e) = f.failed.lock().expect("file lock").take() {
             *f.tmp.lock().expect("file lock") = Slot::Closed;
+            self.not_restored(i);
             self.file_error(
                 &f.dest,
                 format!("not restored, the original is left as it was: {e}"),
@@ -601,6 +541,7 @@ impl Ctx {
         // An empty file has had no chunk to create it.
         if let Err(e) = self.with_file(i, |_| Ok(())) {
             *f.tmp.lock().expect("file lock") = Slot::Closed;
+            self.not_restored(i);
             self.file_error(&f.dest, e);
             return;
         }
@@ -615,11 +556,11 @@ impl Ctx {
                 .map_err(|e| format!("cannot move into place: {}", e.error))
         });
         match result {
-            Ok(()) => {
-                f.done.store(true, Ordering::Release);
-                self.progress.lock().expect("progress lock").stats.files += 1
+            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
+            Err(e) => {
+                self.not_restored(i);
+                self.file_error(&f.dest, e)
             }
-            Err(e) => self.file_error(&f.dest, e),
         }
     }
 }
@@ -667,27 +608,124 @@ fn write_at(file: &File, data: &[u8], offset: u64, sparse: bool) -> std::io::Res
     Ok(())
 }
 
-/// The snapshot's nodes the filter takes, with the folders above them.
-fn select_nodes(nodes: Vec<Node>, filter: &Filter) -> Vec<Node> {
-    let mut above: HashSet<Vec<u8>> = HashSet::new();
-    let taken: Vec<bool> = nodes.iter().map(|n| filter.takes(&n.path)).collect();
-    if filter.has_includes() {
-        for (n, t) in nodes.iter().zip(&taken) {
-            if *t {
-                above.extend(select::parents(&n.path).map(<[u8]>::to_vec));
-            }
+/// Chooses the nodes a restore takes, tree chunk by tree chunk, in walk
+/// order: those the filter takes, and with include patterns the folders
+/// above them (held until something under them is taken).
+struct Selector {
+    filter: Filter,
+    held: Vec<Node>,
+    /// Paths (keys) of the files taken, for deciding whether another name
+    /// of a file is a link or a copy.
+    files: HashSet<[u8; 16]>,
+    /// True once anything was taken.
+    any: bool,
+}
+
+impl Selector {
+    fn new(filter: Filter) -> Selector {
+        Selector {
+            filter,
+            held: Vec::new(),
+            files: HashSet::new(),
+            any: false,
         }
     }
-    nodes
-        .into_iter()
-        .zip(taken)
-        .filter(|(n, t)| {
-            *t || (matches!(n.kind, NodeKind::Dir)
-                && !filter.excluded(&n.path)
-                && above.contains(&n.path))
-        })
-        .map(|(n, _)| n)
-        .collect()
+
+    fn take(&mut self, nodes: Vec<Node>) -> Vec<Node> {
+        let mut out = Vec::new();
+        for n in nodes {
+            let is_dir = matches!(n.kind, NodeKind::Dir);
+            if self.filter.has_includes() {
+                while let Some(last) = self.held.last()
+                    && !select::is_inside(&n.path, &last.path)
+                {
+                    self.held.pop();
+                }
+            }
+            if self.filter.takes(&n.path) {
+                // The held folders above it, outermost first.
+                out.extend(
+                    std::mem::take(&mut self.held)
+                        .into_iter()
+                        .filter(|d| select::is_inside(&n.path, &d.path)),
+                );
+                out.push(n);
+                self.any = true;
+            } else if is_dir && self.filter.has_includes() && !self.filter.excluded(&n.path) {
+                self.held.push(n);
+            }
+        }
+        out
+    }
+}
+
+/// The chunks of the files of `ctx` not skipped, grouped for fetching:
+/// (file, offset, chunk) by at most [`GET_BATCH_CHUNKS`] and
+/// [`GET_BATCH_BYTES`].
+fn piece_batches(ctx: &Ctx, skip: &[bool]) -> Vec<Vec<(usize, u64, ChunkId)>> {
+    let mut batches: Vec<Vec<(usize, u64, ChunkId)>> = Vec::new();
+    let mut bytes = 0usize;
+    for (i, f) in ctx.files.iter().enumerate() {
+        if skip[i] {
+            continue;
+        }
+        let NodeKind::File { chunks, sizes } = &f.node.kind else {
+            continue;
+        };
+        let mut offset = 0u64;
+        for (id, size) in chunks.iter().zip(sizes) {
+            let fits = batches.last().is_some_and(|b| {
+                b.len() < GET_BATCH_CHUNKS && bytes + *size as usize <= GET_BATCH_BYTES
+            });
+            if !fits {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += *size as usize;
+            batches.last_mut().expect("pushed").push((i, offset, *id));
+            offset += *size as u64;
+        }
+    }
+    batches
+}
+
+/// Fetches a batch of chunks and writes each at its offset; a file is
+/// finished when its last chunk is written.
+async fn fetch_and_write(
+    ctx: Arc<Ctx>,
+    batch: Vec<(usize, u64, ChunkId)>,
+    client: async_nats::Client,
+    subject: String,
+    session: Option<String>,
+    timeout: Duration,
+) {
+    let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id)| *id).collect();
+    let fetched = get_chunks(&client, &subject, ids, session, timeout).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let fetched: Vec<Result<FetchedChunk, ErrorReply>> = match fetched {
+            Ok(f) => f.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e); batch.len()],
+        };
+        for ((i, offset, id), got) in batch.into_iter().zip(fetched) {
+            match got {
+                Ok(FetchedChunk {
+                    frame: Some(frame), ..
+                }) => ctx.write_piece(i, offset, id, &frame),
+                Ok(FetchedChunk { error, .. }) => ctx.fail(
+                    i,
+                    format!(
+                        "chunk {id}: {}",
+                        error.map(|e| e.message).unwrap_or_else(|| "missing".into())
+                    ),
+                ),
+                Err(e) => ctx.fail(i, format!("chunk {id}: {}", e.message)),
+            }
+            if ctx.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                ctx.finish_file(i);
+            }
+        }
+    })
+    .await;
 }
 
 /// Refuses a target that cannot be written, before anything is written.

@@ -126,10 +126,11 @@ impl Filter {
     }
 }
 
-/// The folders above `path` (for keeping the folders on the way to an
-/// included path).
-pub fn parents(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    ancestors(path).skip(1)
+/// True when `path` is strictly inside folder `dir`.
+pub fn is_inside(path: &[u8], dir: &[u8]) -> bool {
+    path.len() > dir.len()
+        && path.starts_with(dir)
+        && (dir.ends_with(b"/") || path[dir.len()] == b'/')
 }
 
 #[cfg(test)]
@@ -176,9 +177,11 @@ mod tests {
     }
 
     #[test]
-    fn parents_are_the_folders_above() {
-        let p: Vec<&[u8]> = parents(b"/a/b/c").collect();
-        assert_eq!(p, vec![&b"/a/b"[..], &b"/a"[..]]);
+    fn inside_respects_name_boundaries() {
+        assert!(is_inside(b"/a/b/c", b"/a/b"));
+        assert!(is_inside(b"/a", b"/"));
+        assert!(!is_inside(b"/a/bc", b"/a/b"));
+        assert!(!is_inside(b"/a/b", b"/a/b"));
     }
 
     #[test]

@@ -171,6 +171,27 @@ async fn links_holes_special_files_attributes_and_owners_restore_as_they_were() 
     let c = std::fs::metadata(out.join("elsewhere/third-name")).unwrap();
     assert_eq!((a.ino(), a.nlink()), (c.ino(), 3));
 
+    // Another name restored without its first name is written as a copy.
+    let only = data.path().join("only-third");
+    let rec = restored(
+        &stack,
+        &snap,
+        Some(&only),
+        PathFilter {
+            include: vec!["third-name".into()],
+            exclude: vec![],
+        },
+    )
+    .await;
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    let copy = restored_path(&only, &src).join("elsewhere/third-name");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(src.join("data/file")).unwrap()
+    );
+    assert_eq!(std::fs::metadata(&copy).unwrap().nlink(), 1);
+    assert!(!restored_path(&only, &src).join("data").exists());
+
     // `arca ls` shows kinds, owners by name, links.
     let snap_s = snap.to_string();
     let listing = stdout(&stack.arca(&["ls", &snap_s, src.to_str().unwrap()]));

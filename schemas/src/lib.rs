@@ -25,7 +25,7 @@ pub mod tree;
 pub use chunk::ChunkId;
 pub use error::{ErrorCode, ErrorReply};
 pub use job::{JobId, JobKind, JobRecord, JobStatus, JobStep, SnapshotId};
-pub use system::{BackupType, HookSpec, SystemConfig};
+pub use system::{Application, BackupType, HookSpec, PostgresqlSpec, SuspendSpec, SystemConfig};
 
 /// Version of the control protocol and event format spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -627,6 +627,7 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         firewalls: vec![FIREWALL.to_owned()],
         media: "main".to_owned(),
         hooks: Default::default(),
+        applications: Vec::new(),
         agent: None,
         exclude: Vec::new(),
         schedules: Default::default(),

@@ -32,6 +32,7 @@ use arca_schemas::{ChunkId, codec};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::Progress;
+use crate::application::{Addition, JobApps, postgresql};
 
 /// How the reader cuts and compresses.
 #[derive(Debug, Clone, Copy)]
@@ -67,16 +68,29 @@ enum Item {
     },
 }
 
+/// What a backup transfer is asked to do.
+pub struct Request {
+    /// The scheduler's request.
+    pub transfer: StartBackupTransfer,
+    /// What the job's built-in hook kinds hold (a PostgreSQL session in
+    /// backup mode), if any: they say what to leave out and what to add.
+    pub apps: Option<Arc<JobApps>>,
+}
+
 /// Runs one backup transfer to its end.
 pub async fn run(
     client: async_nats::Client,
     system: String,
-    req: StartBackupTransfer,
+    request: Request,
     params: ChunkParams,
     window: usize,
     timeout: Duration,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
+    let Request {
+        transfer: req,
+        apps,
+    } = request;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
     let reader_progress = progress.clone();
     let paths = req.paths.clone();
@@ -98,8 +112,30 @@ pub async fn run(
         },
         None => ParentFiles::new(),
     };
+    let postgresql = match &apps {
+        Some(a) => a.postgresql_dirs().await,
+        None => Vec::new(),
+    };
+    let runtime = tokio::runtime::Handle::current();
     let reader = tokio::task::spawn_blocking(move || {
-        read_all(parent, &paths, params, key, asker, tx, &reader_progress)
+        let mut r = Reader {
+            parent,
+            params,
+            key,
+            asker,
+            tx,
+            progress: &reader_progress,
+            postgresql,
+            sent: HashSet::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            batch: TreeBatch::default(),
+            tree: Vec::new(),
+        };
+        r.read_all(&paths, || match &apps {
+            Some(a) => runtime.block_on(a.finish_backup()),
+            None => Ok(Vec::new()),
+        })
     });
 
     let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::Put);
@@ -293,6 +329,9 @@ struct Reader<'a> {
     asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &'a Mutex<Progress>,
+    /// PostgreSQL data directories in backup mode: what a base backup
+    /// omits is left out.
+    postgresql: Vec<PathBuf>,
     sent: HashSet<ChunkId>,
     pending: Vec<(ChunkId, Vec<u8>, bool)>,
     pending_bytes: usize,
@@ -300,54 +339,104 @@ struct Reader<'a> {
     tree: Vec<ChunkId>,
 }
 
-/// The reader thread: walks, chunks, and feeds the sender.
-fn read_all(
-    parent: ParentFiles,
-    paths: &[String],
-    params: ChunkParams,
-    key: [u8; 32],
-    asker: HasAsker,
-    tx: tokio::sync::mpsc::Sender<Item>,
-    progress: &Mutex<Progress>,
-) -> Result<(), ErrorReply> {
-    let mut r = Reader {
-        parent,
-        params,
-        key,
-        asker,
-        tx,
-        progress,
-        sent: HashSet::new(),
-        pending: Vec::new(),
-        pending_bytes: 0,
-        batch: TreeBatch::default(),
-        tree: Vec::new(),
-    };
-    let mut present = 0;
-    for p in paths {
-        let path = Path::new(p);
-        match std::fs::symlink_metadata(path) {
-            Ok(_) => {
-                present += 1;
-                r.walk(path)?;
-            }
-            Err(e) => r.file_error(path, format!("cannot back up configured path: {e}")),
-        }
-    }
-    if present == 0 {
-        return Err(ErrorReply::bad_request(format!(
-            "none of the configured paths exists on this system: {}",
-            paths.join(", ")
-        )));
-    }
-    r.flush_batch()?;
-    r.flush_pending()?;
-    let tree = std::mem::take(&mut r.tree);
-    r.tx.blocking_send(Item::Done { tree })
-        .map_err(|_| ErrorReply::internal("transfer stopped"))
-}
-
 impl Reader<'_> {
+    /// The reader thread: walks, chunks, and feeds the sender. `finish`
+    /// runs once every path was read (it ends application backup modes)
+    /// and names what to add before the tree is closed.
+    fn read_all(
+        &mut self,
+        paths: &[String],
+        finish: impl FnOnce() -> Result<Vec<Addition>, String>,
+    ) -> Result<(), ErrorReply> {
+        let mut present = 0;
+        for p in paths {
+            let path = Path::new(p);
+            match std::fs::symlink_metadata(path) {
+                Ok(_) => {
+                    present += 1;
+                    self.walk(path)?;
+                }
+                Err(e) => self.file_error(path, format!("cannot back up configured path: {e}")),
+            }
+        }
+        if present == 0 {
+            return Err(ErrorReply::bad_request(format!(
+                "none of the configured paths exists on this system: {}",
+                paths.join(", ")
+            )));
+        }
+        let additions = finish().map_err(|e| {
+            ErrorReply::new(
+                arca_schemas::ErrorCode::Internal,
+                format!("the application backup could not be completed: {e}"),
+            )
+        })?;
+        for a in additions {
+            match a {
+                Addition::Bytes { path, data } => self.bytes(&path, data)?,
+                Addition::File(path) => match std::fs::symlink_metadata(&path) {
+                    Ok(md) => self.file(&path, &md)?,
+                    // Missing, it would make the snapshot lie: no snapshot.
+                    Err(e) => {
+                        return Err(ErrorReply::internal(format!(
+                            "cannot read {}, needed for a consistent backup: {e}",
+                            path.display()
+                        )));
+                    }
+                },
+            }
+        }
+        self.flush_batch()?;
+        self.flush_pending()?;
+        let tree = std::mem::take(&mut self.tree);
+        self.tx
+            .blocking_send(Item::Done { tree })
+            .map_err(|_| ErrorReply::internal("transfer stopped"))
+    }
+
+    /// The rule of the PostgreSQL data directory holding `path`, if any.
+    fn rule(&self, path: &Path) -> postgresql::Rule {
+        self.postgresql
+            .iter()
+            .map(|d| postgresql::rule(d, path))
+            .find(|r| *r != postgresql::Rule::Keep)
+            .unwrap_or(postgresql::Rule::Keep)
+    }
+
+    /// Stores `data`, made by the agent, as a file at `path`, owned like
+    /// its folder, mode 0600, modified now.
+    fn bytes(&mut self, path: &Path, data: Vec<u8>) -> Result<(), ErrorReply> {
+        let folder = path.parent().unwrap_or(Path::new("/"));
+        let md = std::fs::metadata(folder)
+            .map_err(|e| ErrorReply::internal(format!("cannot read {}: {e}", folder.display())))?;
+        let mut chunks = Vec::new();
+        let mut sizes = Vec::new();
+        for chunk in chunker(&data[..], &self.params) {
+            let chunk = chunk.map_err(|e| ErrorReply::internal(e.to_string()))?;
+            let id = frame::chunk_id(&self.key, &chunk.data);
+            chunks.push(id);
+            sizes.push(chunk.length as u32);
+            {
+                let mut pr = self.progress.lock().expect("progress lock");
+                pr.stats.bytes += chunk.length as u64;
+                pr.stats.chunks += 1;
+            }
+            self.send(id, chunk.data, false)?;
+        }
+        let mut n = node(path, NodeKind::File { chunks, sizes }, &md);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        n.mode = 0o100600;
+        n.size = data.len() as u64;
+        n.mtime = now.as_secs() as i64;
+        n.mtime_nsec = now.subsec_nanos();
+        n.ctime = n.mtime;
+        n.ctime_nsec = n.mtime_nsec;
+        n.inode = 0;
+        self.progress.lock().expect("progress lock").stats.files += 1;
+        self.push(n)
+    }
     fn file_error(&self, path: &Path, error: String) {
         self.progress
             .lock()
@@ -358,6 +447,10 @@ impl Reader<'_> {
     fn walk(&mut self, root: &Path) -> Result<(), ErrorReply> {
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
+            let rule = self.rule(&path);
+            if rule == postgresql::Rule::Omit {
+                continue;
+            }
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) => {
@@ -368,6 +461,9 @@ impl Reader<'_> {
             let ft = md.file_type();
             if ft.is_dir() {
                 self.push(node(&path, NodeKind::Dir, &md))?;
+                if rule == postgresql::Rule::KeepFolderOnly {
+                    continue;
+                }
                 match std::fs::read_dir(&path) {
                     Ok(entries) => {
                         let mut names: Vec<PathBuf> =

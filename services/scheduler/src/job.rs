@@ -431,8 +431,9 @@ impl Driver {
             env: self.env(system),
             deadline_secs: Some(cfg.hook_deadline_secs),
             post_hook: post,
+            applications: system.applications.clone(),
         };
-        let timeout = Duration::from_secs(pre.as_ref().map_or(0, |h| h.timeout_secs) + 30);
+        let timeout = hook_timeout(pre.as_ref(), system);
         let r: HookReply = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
             rpc::request_with_timeout(
                 &client,
@@ -762,7 +763,7 @@ impl Driver {
             self.enter(JobStep::Finishing).await;
             let (_, post_phase) = self.phases();
             let (_, post) = self.hooks(system);
-            let timeout = Duration::from_secs(post.as_ref().map_or(0, |h| h.timeout_secs) + 30);
+            let timeout = hook_timeout(post.as_ref(), system);
             let req = RunHook {
                 job: self.rec.id,
                 phase: post_phase,
@@ -770,6 +771,7 @@ impl Driver {
                 env: self.env(system),
                 deadline_secs: None,
                 post_hook: None,
+                applications: system.applications.clone(),
             };
             let r: Result<HookReply, RpcError> =
                 rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
@@ -897,6 +899,13 @@ impl Driver {
         })
         .await;
     }
+}
+
+/// How long a hook request may take: the command's timeout and each
+/// application step's, plus a margin for the round trip.
+fn hook_timeout(hook: Option<&arca_schemas::HookSpec>, system: &SystemConfig) -> Duration {
+    let apps: u64 = system.applications.iter().map(|a| a.timeout_secs()).sum();
+    Duration::from_secs(hook.map_or(0, |h| h.timeout_secs) + apps + 30)
 }
 
 /// Renews the job's confirmed windows every third of a lease while the job

@@ -146,6 +146,7 @@ pub(crate) fn placeholder(name: &str) -> SystemConfig {
         firewalls: Vec::new(),
         media: arca_schemas::names::DEFAULT_MEDIA.to_owned(),
         hooks: Default::default(),
+        applications: Vec::new(),
         agent: None,
         exclude: Vec::new(),
         schedules: Default::default(),

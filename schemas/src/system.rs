@@ -501,4 +501,23 @@ unit = "reporting.service"
         let unknown: Result<SystemsFile, _> = toml::from_str(&FILE.replace("bin-dir", "bindir"));
         assert!(unknown.is_err());
     }
+
+    /// Every systems-file example of the applications page reads and
+    /// validates.
+    #[test]
+    fn the_recipes_of_the_operator_page_are_valid() {
+        let page = include_str!("../../docs/applications.md");
+        let blocks: Vec<&str> = page
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for b in blocks {
+            let f: SystemsFile = toml::from_str(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            for s in &f.systems {
+                s.validate().unwrap_or_else(|e| panic!("{e}\n{b}"));
+            }
+        }
+    }
 }

@@ -48,6 +48,9 @@ pub struct JobApps {
     held: tokio::sync::Mutex<Vec<Held>>,
     /// What happened during the transfer, told by the post hook.
     notes: std::sync::Mutex<Vec<String>>,
+    /// Set by the release: a transfer still running afterwards no longer
+    /// reads a consistent state.
+    released: std::sync::atomic::AtomicBool,
 }
 
 /// Outcome of a preparation or release: success and what to report.
@@ -148,6 +151,13 @@ impl JobApps {
     /// snapshot must add. An error fails the transfer (no snapshot).
     pub async fn finish_backup(&self) -> Result<Vec<Addition>, String> {
         let mut held = self.held.lock().await;
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(
+                "the applications were released before the transfer ended (the \
+                        agent's deadline passed); what was read is not consistent"
+                    .to_owned(),
+            );
+        }
         let mut all = Vec::new();
         for h in held.iter_mut() {
             if let Held::PgBackup(b) = h {
@@ -164,6 +174,8 @@ impl JobApps {
     /// restore transfer completed (post-restore only).
     pub async fn release(&self, restored: bool) -> Report {
         let mut held = self.held.lock().await;
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut lines: Vec<String> = std::mem::take(&mut *self.notes.lock().expect("notes lock"));
         let mut success = true;
         while let Some(h) = held.pop() {

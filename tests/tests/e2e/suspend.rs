@@ -39,6 +39,18 @@ impl Writer {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
         s[s.rfind(')').unwrap() + 2..].chars().next().unwrap()
     }
+
+    /// Stopped, or (the shell) waiting uninterruptibly for a vfork child
+    /// that was stopped before it exec'd: it runs nothing until continued.
+    fn stopped(&self) -> bool {
+        let wchan =
+            std::fs::read_to_string(format!("/proc/{}/wchan", self.0.id())).unwrap_or_default();
+        match self.state() {
+            'T' => true,
+            'D' => matches!(wchan.trim(), "kernel_clone" | "wait_for_vfork_done"),
+            _ => false,
+        }
+    }
 }
 
 impl Drop for Writer {
@@ -67,24 +79,34 @@ async fn grows(file: &Path, within: Duration) -> bool {
     false
 }
 
-fn suspend_system(name: &str, data: &Path, group: i32) -> arca_schemas::SystemConfig {
-    let mut sys = system(name, &[data]);
+/// A folder for the writer's file in memory when the machine has one:
+/// on a disk busy with other tests, an append can wait in the kernel
+/// (uninterruptibly, so not yet stopped) for a long time.
+fn log_dir() -> tempfile::TempDir {
+    match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(_) => tempfile::tempdir().unwrap(),
+    }
+}
+
+fn suspend_system(name: &str, paths: &[&Path], group: i32) -> arca_schemas::SystemConfig {
+    let mut sys = system(name, paths);
     sys.applications = vec![Application::Suspend(SuspendSpec {
         process_group: Some(group),
         pid_file: None,
         unit: None,
-        timeout_secs: 30,
+        timeout_secs: 120,
     })];
     sys
 }
 
 /// Checks, while the transfer runs, that the writer stays stopped.
 async fn assert_stopped(w: &Writer, file: &Path) {
-    assert_eq!(w.state(), 'T', "the writer runs during the transfer");
+    assert!(w.stopped(), "the writer runs during the transfer");
     let before = size(file);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(size(file), before, "the file changed during the transfer");
-    assert_eq!(w.state(), 'T');
+    assert!(w.stopped());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,14 +114,19 @@ async fn a_writer_is_stopped_for_the_transfer_and_continues_after_it() {
     let mut stack = Stack::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     write_pseudo_random(&data.path().join("big"), 400_000_000, 11).unwrap();
-    let log = data.path().join("app.log");
+    let logs = log_dir();
+    let log = logs.path().join("app.log");
     let w = Writer::start(&log);
     assert!(
         grows(&log, Duration::from_secs(30)).await,
         "writer never wrote"
     );
     stack
-        .load_systems(vec![suspend_system("sp", data.path(), w.group())])
+        .load_systems(vec![suspend_system(
+            "sp",
+            &[data.path(), logs.path()],
+            w.group(),
+        )])
         .await
         .unwrap();
     stack.start_agent("sp", AgentUser::Same).await.unwrap();
@@ -113,7 +140,6 @@ async fn a_writer_is_stopped_for_the_transfer_and_continues_after_it() {
         grows(&log, Duration::from_secs(60)).await,
         "the writer did not continue"
     );
-    assert_ne!(w.state(), 'T');
     let outputs: Vec<String> = events
         .iter()
         .filter_map(|e| match &e.detail {
@@ -144,14 +170,19 @@ async fn with_the_scheduler_killed_mid_transfer_the_agent_continues_the_writer_a
     let mut stack = Stack::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     write_pseudo_random(&data.path().join("big"), 400_000_000, 12).unwrap();
-    let log = data.path().join("app.log");
+    let logs = log_dir();
+    let log = logs.path().join("app.log");
     let w = Writer::start(&log);
     assert!(
         grows(&log, Duration::from_secs(30)).await,
         "writer never wrote"
     );
     stack
-        .load_systems(vec![suspend_system("sd", data.path(), w.group())])
+        .load_systems(vec![suspend_system(
+            "sd",
+            &[data.path(), logs.path()],
+            w.group(),
+        )])
         .await
         .unwrap();
     stack.start_agent("sd", AgentUser::Same).await.unwrap();
@@ -170,7 +201,6 @@ async fn with_the_scheduler_killed_mid_transfer_the_agent_continues_the_writer_a
         "the writer was never continued\n{}",
         stack.log("agent-sd")
     );
-    assert_ne!(w.state(), 'T');
 
     stack.restart_scheduler(deadline, &[]).await.unwrap();
     let (events, rec) = stack.wait_job(job).await.unwrap();

@@ -149,7 +149,6 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
 
 /// A backup in progress: the session that started it.
 pub struct Backup {
-    spec: PostgresqlSpec,
     data_dir: PathBuf,
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
@@ -234,7 +233,6 @@ impl Backup {
         );
         Ok((
             Backup {
-                spec: spec.clone(),
                 data_dir,
                 client,
                 connection,
@@ -344,7 +342,6 @@ impl Backup {
                 )),
             };
         }
-        let _ = &self.spec;
         drop(self.client);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.connection).await;
         result

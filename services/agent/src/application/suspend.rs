@@ -4,8 +4,9 @@
 //! read. A process group is signalled as a group (one `killpg`); a pid
 //! file names a process whose group is meant; a systemd unit's processes
 //! are read from its cgroup. The preparation waits until every process is
-//! seen stopped (state `T` in `/proc`), so the transfer never overlaps a
-//! write in flight. The release runs at the post hook, or at the agent's
+//! seen stopped (state `T` in `/proc`, or waiting for a stopped vfork
+//! child, see [`in_vfork`]), so the transfer never overlaps a write in
+//! flight. The release runs at the post hook, or at the agent's
 //! own deadline when the scheduler is gone.
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,17 @@ fn stat(pid: i32) -> Option<(i32, char)> {
     let _ppid = f.next()?;
     let pgrp = f.next()?.parse().ok()?;
     Some((pgrp, state))
+}
+
+/// True when `pid` waits in the kernel for a vfork child (a shell starting
+/// a command) to exec or exit. If that child was stopped before it
+/// exec'd, the parent never reaches the stopped state: it waits
+/// uninterruptibly, runs no code of its own, and takes its pending SIGSTOP
+/// the moment the wait ends. It counts as stopped.
+fn in_vfork(pid: i32) -> bool {
+    let state = stat(pid).map(|(_, st)| st);
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    state == Some('D') && matches!(wchan.trim(), "kernel_clone" | "wait_for_vfork_done")
 }
 
 /// Every process of group `pgid`.
@@ -157,16 +169,30 @@ impl Suspended {
             };
             let running: Vec<i32> = pids
                 .into_iter()
-                .filter(|p| stat(*p).is_some_and(|(_, st)| !matches!(st, 'T' | 't' | 'Z' | 'X')))
+                .filter(|p| {
+                    stat(*p).is_some_and(|(_, st)| !matches!(st, 'T' | 't' | 'Z' | 'X'))
+                        && !in_vfork(*p)
+                })
                 .collect();
             if running.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
                 let _ = s.signal(Signal::CONT);
+                let states: Vec<String> = running
+                    .iter()
+                    .map(|p| {
+                        let state = stat(*p).map_or('?', |(_, st)| st);
+                        let wchan =
+                            std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+                        format!("{p} (state {state}, waiting in {wchan:?})")
+                    })
+                    .collect();
                 return Err(format!(
-                    "{}: processes {running:?} did not stop within {}s; continued them again",
-                    s.what, spec.timeout_secs
+                    "{}: processes {} did not stop within {}s; continued them again",
+                    s.what,
+                    states.join(", "),
+                    spec.timeout_secs
                 ));
             }
             // A process forked meanwhile into the group is stopped too.

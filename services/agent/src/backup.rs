@@ -394,6 +394,20 @@ impl Reader<'_> {
             .map_err(|_| ErrorReply::internal("transfer stopped"))
     }
 
+    /// True when `path`, inside a PostgreSQL data directory in backup
+    /// mode, was removed after its folder was listed: the server removes
+    /// temporary files and dropped relations at any time, and recovery
+    /// from the backup's WAL does not need them (as `pg_basebackup`, the
+    /// backup goes on without a word).
+    fn vanished(&self, path: &Path, e: &std::io::Error) -> bool {
+        let gone = e.kind() == std::io::ErrorKind::NotFound
+            && self.postgresql.iter().any(|d| path.starts_with(d));
+        if gone {
+            tracing::debug!(path = %path.display(), "removed by PostgreSQL during the backup");
+        }
+        gone
+    }
+
     /// The rule of the PostgreSQL data directory holding `path`, if any.
     fn rule(&self, path: &Path) -> postgresql::Rule {
         self.postgresql
@@ -454,7 +468,9 @@ impl Reader<'_> {
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) => {
-                    self.file_error(&path, format!("cannot read metadata: {e}"));
+                    if !self.vanished(&path, &e) {
+                        self.file_error(&path, format!("cannot read metadata: {e}"));
+                    }
                     continue;
                 }
             };
@@ -472,6 +488,7 @@ impl Reader<'_> {
                         names.sort_by(|a, b| b.cmp(a));
                         stack.extend(names);
                     }
+                    Err(e) if self.vanished(&path, &e) => {}
                     Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
                 }
             } else if ft.is_symlink() {
@@ -519,7 +536,9 @@ impl Reader<'_> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
-                self.file_error(path, format!("cannot open: {e}"));
+                if !self.vanished(path, &e) {
+                    self.file_error(path, format!("cannot open: {e}"));
+                }
                 return Ok(());
             }
         };

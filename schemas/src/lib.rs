@@ -27,7 +27,7 @@ pub mod trust;
 pub use chunk::ChunkId;
 pub use error::{ErrorCode, ErrorReply};
 pub use job::{JobId, JobKind, JobRecord, JobStatus, JobStep, PathFilter, SnapshotId};
-pub use system::{BackupType, HookSpec, SystemConfig};
+pub use system::{Application, BackupType, HookSpec, PostgresqlSpec, SuspendSpec, SystemConfig};
 
 /// Version of the control protocol and event format spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;

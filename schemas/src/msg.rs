@@ -379,6 +379,10 @@ pub struct RunHook {
     pub deadline_secs: Option<u64>,
     /// Prepare only: the post hook the agent runs at its deadline.
     pub post_hook: Option<HookSpec>,
+    /// The system's built-in application kinds, prepared after the pre
+    /// hook's command and released before the post hook's.
+    #[serde(default)]
+    pub applications: Vec<crate::system::Application>,
 }
 
 /// Answer to [`RunHook`].

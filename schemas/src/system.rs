@@ -26,6 +26,10 @@ pub struct SystemConfig {
     /// Hooks run by the agent around backups and restores.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Applications the agent itself makes consistent around transfers
+    /// (`[[system.application]]` tables, each with a `kind`).
+    #[serde(default, rename = "application", skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<Application>,
     /// The agent's public key (`U...`, an nkey): enrollment. The NATS
     /// server lets only this key speak for the system, and media commits a
     /// snapshot of the system only when this key signed its manifest. A
@@ -221,6 +225,119 @@ fn default_hook_timeout() -> u64 {
     300
 }
 
+/// An application the agent brings into a consistent state by itself: a
+/// built-in hook kind. Around a backup, its preparation runs after the
+/// `pre-backup` command and its release before the `post-backup` command
+/// (the same nesting around a restore); the release runs whenever the
+/// preparation was attempted, also at the agent's own deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Application {
+    /// A PostgreSQL cluster, backed up with the low-level base backup API
+    /// (`pg_backup_start` / `pg_backup_stop`) so that a restored data
+    /// directory starts and recovers by itself.
+    Postgresql(PostgresqlSpec),
+    /// Processes stopped with SIGSTOP for the length of a backup transfer
+    /// and continued with SIGCONT afterwards.
+    Suspend(SuspendSpec),
+}
+
+impl Application {
+    /// Its kind, as written in the systems file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Application::Postgresql(_) => "postgresql",
+            Application::Suspend(_) => "suspend",
+        }
+    }
+
+    /// Seconds each of its steps may take.
+    pub fn timeout_secs(&self) -> u64 {
+        match self {
+            Application::Postgresql(p) => p.timeout_secs,
+            Application::Suspend(s) => s.timeout_secs,
+        }
+    }
+}
+
+/// How the agent reaches and handles a PostgreSQL cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PostgresqlSpec {
+    /// The cluster's data directory; it must lie within the system's paths.
+    pub data_directory: String,
+    /// Folder of the server's Unix socket, or a host name.
+    #[serde(default = "default_pg_host")]
+    pub host: String,
+    /// The server's port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Role to connect as; it needs the right to run `pg_backup_start`
+    /// (a superuser, or a role granted `EXECUTE` on the backup functions
+    /// and `REPLICATION` for the temporary replication slot).
+    #[serde(default = "default_pg_user")]
+    pub user: String,
+    /// Database to connect to.
+    #[serde(default = "default_pg_user")]
+    pub database: String,
+    /// File on the system holding the role's password, when one is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Folder of `pg_ctl`; unset looks it up on `PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<String>,
+    /// Restore only: the command that stops the server (default
+    /// `pg_ctl stop -D <data-directory> -m fast`, run as the directory's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<Vec<String>>,
+    /// Restore only: the command that starts the server (default
+    /// `pg_ctl start -D <data-directory> -l <log-file>`, run as the directory's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_command: Option<Vec<String>>,
+    /// Restore only: where the default start command sends the server's
+    /// log (default `<data-directory>/arca-start.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
+    /// Seconds each step may take (starting the backup, which waits for a
+    /// checkpoint; stopping it; stopping or starting the server).
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_pg_host() -> String {
+    "/var/run/postgresql".to_owned()
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_pg_user() -> String {
+    "postgres".to_owned()
+}
+
+/// Which processes the `suspend` kind stops: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SuspendSpec {
+    /// A process group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_group: Option<i32>,
+    /// A file holding a process id; that process's group is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<String>,
+    /// A systemd unit (e.g. `app.service`): every process of its cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Seconds to wait for every process to be stopped.
+    #[serde(default = "default_suspend_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_suspend_timeout() -> u64 {
+    30
+}
+
 impl SystemConfig {
     /// Checks the fields, naming the first one that is wrong.
     pub fn validate(&self) -> Result<(), String> {
@@ -300,6 +417,62 @@ impl SystemConfig {
                 }
             }
         }
+        for (i, app) in self.applications.iter().enumerate() {
+            let at = |m: &str| field(&format!("application {} ({}): {m}", i + 1, app.kind()));
+            if app.timeout_secs() == 0 {
+                return Err(at("timeout-secs must be positive"));
+            }
+            match app {
+                Application::Postgresql(p) => {
+                    let d = p.data_directory.trim_end_matches('/');
+                    if !d.starts_with('/') || d.is_empty() {
+                        return Err(at("data-directory must be an absolute path"));
+                    }
+                    let covered = self.paths.iter().any(|path| {
+                        let path = path.trim_end_matches('/');
+                        path.is_empty() || d == path || d.starts_with(&format!("{path}/"))
+                    });
+                    if !covered {
+                        return Err(at(&format!(
+                            "data-directory {d:?} is not within the system's paths"
+                        )));
+                    }
+                    if p.host.trim().is_empty() || p.user.trim().is_empty() {
+                        return Err(at("host and user must not be empty"));
+                    }
+                    for (name, cmd) in [
+                        ("stop-command", &p.stop_command),
+                        ("start-command", &p.start_command),
+                    ] {
+                        if cmd
+                            .as_ref()
+                            .is_some_and(|c| c.is_empty() || c[0].is_empty())
+                        {
+                            return Err(at(&format!("{name} must name a program")));
+                        }
+                    }
+                }
+                Application::Suspend(s) => {
+                    let given = [
+                        s.process_group.is_some(),
+                        s.pid_file.is_some(),
+                        s.unit.is_some(),
+                    ];
+                    if given.iter().filter(|g| **g).count() != 1 {
+                        return Err(at("name exactly one of process-group, pid-file and unit"));
+                    }
+                    if s.process_group.is_some_and(|g| g <= 1) {
+                        return Err(at("process-group must be a group id above 1"));
+                    }
+                    if s.unit
+                        .as_ref()
+                        .is_some_and(|u| u.is_empty() || u.contains('/') || u.starts_with('.'))
+                    {
+                        return Err(at("unit must be a unit name such as app.service"));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -311,4 +484,84 @@ pub struct SystemsFile {
     /// The systems.
     #[serde(default, rename = "system")]
     pub systems: Vec<SystemConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[system]]
+name = "db01"
+address = "10.0.0.5"
+paths = ["/var/lib/postgresql/15/main", "/etc/postgresql"]
+
+[[system.application]]
+kind = "postgresql"
+data-directory = "/var/lib/postgresql/15/main"
+bin-dir = "/usr/lib/postgresql/15/bin"
+
+[[system.application]]
+kind = "suspend"
+unit = "reporting.service"
+"#;
+
+    #[test]
+    fn applications_read_from_a_systems_file_and_back() {
+        let f: SystemsFile = toml::from_str(FILE).unwrap();
+        let s = &f.systems[0];
+        s.validate().unwrap();
+        let Application::Postgresql(pg) = &s.applications[0] else {
+            panic!("{:?}", s.applications)
+        };
+        assert_eq!(pg.host, "/var/run/postgresql");
+        assert_eq!(pg.port, 5432);
+        assert_eq!(pg.timeout_secs, 300);
+        assert!(
+            matches!(&s.applications[1], Application::Suspend(x) if x.unit.as_deref() == Some("reporting.service"))
+        );
+        let again: SystemsFile = toml::from_str(&toml::to_string(&f).unwrap()).unwrap();
+        assert_eq!(again.systems, f.systems);
+    }
+
+    #[test]
+    fn bad_applications_are_named() {
+        let bad = |from: &str, to: &str| {
+            let f: SystemsFile = toml::from_str(&FILE.replace(from, to)).unwrap();
+            f.systems[0].validate().unwrap_err()
+        };
+        let e = bad(
+            "data-directory = \"/var/lib/postgresql/15/main\"",
+            "data-directory = \"/srv/other\"",
+        );
+        assert!(e.contains("not within the system's paths"), "{e}");
+        let e = bad("unit = \"reporting.service\"", "process-group = 1");
+        assert!(e.contains("above 1"), "{e}");
+        let e = bad(
+            "unit = \"reporting.service\"",
+            "unit = \"a.service\"\nprocess-group = 300",
+        );
+        assert!(e.contains("exactly one"), "{e}");
+        let unknown: Result<SystemsFile, _> = toml::from_str(&FILE.replace("bin-dir", "bindir"));
+        assert!(unknown.is_err());
+    }
+
+    /// Every systems-file example of the applications page reads and
+    /// validates.
+    #[test]
+    fn the_recipes_of_the_operator_page_are_valid() {
+        let page = include_str!("../../docs/applications.md");
+        let blocks: Vec<&str> = page
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for b in blocks {
+            let f: SystemsFile = toml::from_str(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            for s in &f.systems {
+                s.validate().unwrap_or_else(|e| panic!("{e}\n{b}"));
+            }
+        }
+    }
 }

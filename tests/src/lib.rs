@@ -723,6 +723,7 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         firewalls: vec![FIREWALL.to_owned()],
         media: "main".to_owned(),
         hooks: Default::default(),
+        applications: Vec::new(),
         agent: Some(agent_key(name)),
         include: Vec::new(),
         exclude: Vec::new(),

@@ -34,6 +34,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use arca_schemas::system::Selection;
 
 use crate::Progress;
+use crate::application::{Addition, JobApps, postgresql};
 use crate::meta::{self, Names};
 use crate::select::Filter;
 
@@ -77,18 +78,41 @@ enum Item {
     },
 }
 
+/// What a backup transfer is asked to do.
+pub struct Request {
+    /// The scheduler's request.
+    pub transfer: StartBackupTransfer,
+    /// What the job's built-in hook kinds hold (a PostgreSQL session in
+    /// backup mode), if any: they say what to leave out and what to add.
+    pub apps: Option<Arc<JobApps>>,
+}
+
+/// What the reader walks.
+struct Walk<'a> {
+    parent: Parent,
+    paths: &'a [String],
+    selection: &'a Selection,
+    /// PostgreSQL data directories in backup mode: what a base backup
+    /// omits is left out.
+    postgresql: Vec<PathBuf>,
+}
+
 /// Runs one backup transfer to its end; `identity` signs the manifest.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: async_nats::Client,
     system: String,
     identity: arca_runtime::identity::Identity,
-    req: StartBackupTransfer,
+    request: Request,
     params: ChunkParams,
     window: usize,
     timeout: Duration,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
+    let Request {
+        transfer: req,
+        apps,
+    } = request;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
     let reader_progress = progress.clone();
     let paths = req.paths.clone();
@@ -117,16 +141,29 @@ pub async fn run(
         },
         None => Parent::none(),
     };
+    let postgresql = match &apps {
+        Some(a) => a.postgresql_dirs().await,
+        None => Vec::new(),
+    };
+    let runtime = tokio::runtime::Handle::current();
     let reader = tokio::task::spawn_blocking(move || {
+        let finish = || match &apps {
+            Some(a) => runtime.block_on(a.finish_backup()),
+            None => Ok(Vec::new()),
+        };
         read_all(
-            parent,
-            &paths,
-            &selection,
+            Walk {
+                parent,
+                paths: &paths,
+                selection: &selection,
+                postgresql,
+            },
             params,
             key,
             asker,
             tx,
             &reader_progress,
+            finish,
         )
     });
 
@@ -490,6 +527,9 @@ struct Reader<'a> {
     /// With include patterns: folders met but not yet written, because
     /// nothing under them was taken yet (each is inside the one before).
     held: Vec<Node>,
+    /// PostgreSQL data directories in backup mode: what a base backup
+    /// omits is left out.
+    postgresql: Vec<PathBuf>,
     sent: HashSet<ChunkId>,
     pending: Vec<(ChunkId, Vec<u8>, bool)>,
     pending_bytes: usize,
@@ -497,18 +537,24 @@ struct Reader<'a> {
     tree: Vec<ChunkId>,
 }
 
-/// The reader thread: walks, chunks, and feeds the sender.
-#[allow(clippy::too_many_arguments)]
+/// The reader thread: walks, chunks, and feeds the sender. `finish`
+/// runs once every path was read (it ends application backup modes) and
+/// names what to add before the tree is closed.
 fn read_all(
-    parent: Parent,
-    paths: &[String],
-    selection: &Selection,
+    walk: Walk<'_>,
     params: ChunkParams,
     key: [u8; 32],
     asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &Mutex<Progress>,
+    finish: impl FnOnce() -> Result<Vec<Addition>, String>,
 ) -> Result<(), ErrorReply> {
+    let Walk {
+        parent,
+        paths,
+        selection,
+        postgresql,
+    } = walk;
     let filter = Filter::new(&selection.filter)
         .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
     let mut r = Reader {
@@ -524,6 +570,7 @@ fn read_all(
         names: Names::default(),
         links: HashMap::new(),
         held: Vec::new(),
+        postgresql,
         sent: HashSet::new(),
         pending: Vec::new(),
         pending_bytes: 0,
@@ -551,6 +598,27 @@ fn read_all(
             paths.join(", ")
         )));
     }
+    let additions = finish().map_err(|e| {
+        ErrorReply::new(
+            arca_schemas::ErrorCode::Internal,
+            format!("the application backup could not be completed: {e}"),
+        )
+    })?;
+    for a in additions {
+        match a {
+            Addition::Bytes { path, data } => r.bytes(&path, data)?,
+            Addition::File(path) => match std::fs::symlink_metadata(&path) {
+                Ok(md) => r.file(&path, &md)?,
+                // Missing, it would make the snapshot lie: no snapshot.
+                Err(e) => {
+                    return Err(ErrorReply::internal(format!(
+                        "cannot read {}, needed for a consistent backup: {e}",
+                        path.display()
+                    )));
+                }
+            },
+        }
+    }
     r.flush_batch()?;
     r.flush_pending()?;
     let tree = std::mem::take(&mut r.tree);
@@ -559,6 +627,66 @@ fn read_all(
 }
 
 impl Reader<'_> {
+    /// True when `path`, inside a PostgreSQL data directory in backup
+    /// mode, was removed after its folder was listed: the server removes
+    /// temporary files and dropped relations at any time, and recovery
+    /// from the backup's WAL does not need them (as `pg_basebackup`, the
+    /// backup goes on without a word).
+    fn vanished(&self, path: &Path, e: &std::io::Error) -> bool {
+        let gone = e.kind() == std::io::ErrorKind::NotFound
+            && self.postgresql.iter().any(|d| path.starts_with(d));
+        if gone {
+            tracing::debug!(path = %path.display(), "removed by PostgreSQL during the backup");
+        }
+        gone
+    }
+
+    /// The rule of the PostgreSQL data directory holding `path`, if any.
+    fn rule(&self, path: &Path) -> postgresql::Rule {
+        self.postgresql
+            .iter()
+            .map(|d| postgresql::rule(d, path))
+            .find(|r| *r != postgresql::Rule::Keep)
+            .unwrap_or(postgresql::Rule::Keep)
+    }
+
+    /// Stores `data`, made by the agent, as a file at `path`, owned like
+    /// its folder, mode 0600, modified now.
+    fn bytes(&mut self, path: &Path, data: Vec<u8>) -> Result<(), ErrorReply> {
+        let folder = path.parent().unwrap_or(Path::new("/"));
+        let md = std::fs::metadata(folder)
+            .map_err(|e| ErrorReply::internal(format!("cannot read {}: {e}", folder.display())))?;
+        let mut chunks = Vec::new();
+        let mut sizes = Vec::new();
+        for chunk in chunker(&data[..], &self.params) {
+            let chunk = chunk.map_err(|e| ErrorReply::internal(e.to_string()))?;
+            let id = frame::chunk_id(&self.key, &chunk.data);
+            chunks.push(id);
+            sizes.push(chunk.length as u32);
+            {
+                let mut pr = self.progress.lock().expect("progress lock");
+                pr.stats.bytes += chunk.length as u64;
+                pr.stats.chunks += 1;
+            }
+            self.send(id, chunk.data, false)?;
+        }
+        let mut n = self.node(folder, NodeKind::File { chunks, sizes }, &md);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        n.path = path.as_os_str().as_bytes().to_vec();
+        n.xattrs = Vec::new();
+        n.mode = 0o100600;
+        n.size = data.len() as u64;
+        n.mtime = now.as_secs() as i64;
+        n.mtime_nsec = now.subsec_nanos();
+        n.ctime = n.mtime;
+        n.ctime_nsec = n.mtime_nsec;
+        n.inode = 0;
+        self.progress.lock().expect("progress lock").stats.files += 1;
+        self.push(n)
+    }
+
     fn file_error(&self, path: &Path, error: String) {
         self.progress
             .lock()
@@ -577,13 +705,16 @@ impl Reader<'_> {
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
             let bytes = path.as_os_str().as_bytes();
-            if self.filter.excluded(bytes) {
+            let rule = self.rule(&path);
+            if self.filter.excluded(bytes) || rule == postgresql::Rule::Omit {
                 continue;
             }
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) => {
-                    self.file_error(&path, format!("cannot read metadata: {e}"));
+                    if !self.vanished(&path, &e) {
+                        self.file_error(&path, format!("cannot read metadata: {e}"));
+                    }
                     continue;
                 }
             };
@@ -593,6 +724,9 @@ impl Reader<'_> {
                 self.push_dir(n)?;
                 if self.one_file_system && md.dev() != root_dev {
                     // A mount point: kept as an empty folder.
+                    continue;
+                }
+                if rule == postgresql::Rule::KeepFolderOnly {
                     continue;
                 }
                 match std::fs::read_dir(&path) {
@@ -606,6 +740,7 @@ impl Reader<'_> {
                         names.sort_by(|a, b| b.cmp(a));
                         stack.extend(names);
                     }
+                    Err(e) if self.vanished(&path, &e) => {}
                     Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
                 }
                 continue;
@@ -714,7 +849,9 @@ impl Reader<'_> {
         let file = match meta::open_regular(path) {
             Ok(f) => f,
             Err(e) => {
-                self.file_error(path, format!("cannot open: {e}"));
+                if !self.vanished(path, &e) {
+                    self.file_error(path, format!("cannot open: {e}"));
+                }
                 return Ok(());
             }
         };

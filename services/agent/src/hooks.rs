@@ -3,6 +3,7 @@
 //! its output kept for the job's events.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arca_schemas::HookSpec;
@@ -14,16 +15,32 @@ pub const OUTPUT_TAIL: usize = 8 * 1024;
 
 /// Runs `hook` with `env` added; never fails, the reply says what happened.
 pub async fn run(hook: &HookSpec, env: &[(String, String)]) -> HookReply {
+    let mut all = env.to_vec();
+    all.extend(hook.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    run_command(&hook.command, &all, hook.timeout_secs, None).await
+}
+
+/// Runs `command` (program and arguments, no shell) with `env` added, as
+/// `user` (uid, gid) when given, in its own process group that is killed
+/// after `timeout_secs`.
+pub async fn run_command(
+    command: &[String],
+    env: &[(String, String)],
+    timeout_secs: u64,
+    user: Option<(u32, u32)>,
+) -> HookReply {
     let started = Instant::now();
-    let mut cmd = tokio::process::Command::new(&hook.command[0]);
-    cmd.args(&hook.command[1..])
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(&hook.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -31,43 +48,45 @@ pub async fn run(hook: &HookSpec, env: &[(String, String)]) -> HookReply {
                 ran: true,
                 success: false,
                 exit_code: None,
-                output: format!("cannot start {:?}: {e}", hook.command[0]),
+                output: format!("cannot start {:?}: {e}", command[0]),
                 seconds: started.elapsed().as_secs_f64(),
                 by_agent_deadline: false,
             };
         }
     };
     let pgid = child.id();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let collect = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        out.extend_from_slice(&err);
-        out
-    };
-    let timeout = Duration::from_secs(hook.timeout_secs);
-    let waited = tokio::time::timeout(timeout, async {
-        let (output, status) = tokio::join!(collect, child.wait());
-        (output, status)
-    })
-    .await;
-    let (output, exit_code, timed_out) = match waited {
-        Ok((output, status)) => (output, status.ok().and_then(|s| s.code()), false),
+    // Output is gathered as it comes, so that a hook killed at its timeout
+    // still shows what it wrote.
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        drain(child.stdout.take().expect("piped"), out.clone()),
+        drain(child.stderr.take().expect("piped"), err.clone()),
+    ];
+    let timeout = Duration::from_secs(timeout_secs);
+    let (exit_code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => (status.ok().and_then(|s| s.code()), false),
         Err(_) => {
             if let Some(pid) = pgid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
                 let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
             let _ = child.kill().await;
-            (Vec::new(), None, true)
+            (None, true)
         }
     };
+    // The pipes close when the last process holding them ends; one that
+    // left the group (a daemon) may hold them longer, so this is bounded.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(if timed_out { 2 } else { 10 }),
+        futures::future::join_all(readers),
+    )
+    .await;
+    let mut output = std::mem::take(&mut *out.lock().expect("output lock"));
+    output.extend_from_slice(&err.lock().expect("output lock"));
     let mut text = tail(&output);
     if timed_out {
         text.push_str(&format!(
-            "\nhook killed with its process group after its timeout of {}s",
-            hook.timeout_secs
+            "\nhook killed with its process group after its timeout of {timeout_secs}s"
         ));
     }
     HookReply {
@@ -90,6 +109,27 @@ pub fn none() -> HookReply {
         seconds: 0.0,
         by_agent_deadline: false,
     }
+}
+
+/// Reads a pipe to its end into `into`, keeping at most twice the tail.
+fn drain(
+    mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let mut v = into.lock().expect("output lock");
+            v.extend_from_slice(&buf[..n]);
+            if v.len() > 2 * OUTPUT_TAIL {
+                let cut = v.len() - OUTPUT_TAIL;
+                v.drain(..cut);
+            }
+        }
+    })
 }
 
 fn tail(bytes: &[u8]) -> String {
@@ -134,10 +174,14 @@ mod tests {
     async fn a_hook_past_its_timeout_is_killed_with_its_group() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("grandchild-survived");
-        let script = format!("(sleep 3; touch {}) & sleep 30", marker.display());
+        let script = format!(
+            "echo before the hang; (sleep 3; touch {}) & sleep 30",
+            marker.display()
+        );
         let r = run(&spec(&["/bin/sh", "-c", &script], 1), &[]).await;
         assert!(!r.success);
         assert!(r.output.contains("timeout"), "{}", r.output);
+        assert!(r.output.contains("before the hang"), "{}", r.output);
         assert!(r.seconds < 10.0);
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(

@@ -14,6 +14,7 @@
 //! A transfer can be cancelled (`cancel`): the task stops where it is, and a
 //! backup stopped this way commits no snapshot.
 
+pub mod application;
 pub mod backup;
 pub mod hooks;
 pub mod meta;
@@ -128,6 +129,19 @@ impl Config {
     }
 }
 
+/// Adds the applications' report to a hook's reply: before the command's
+/// output for a post hook (they were released first), after it for a pre
+/// hook.
+fn merge(r: &mut HookReply, apps: application::Report, first: bool) {
+    r.ran = true;
+    r.success &= apps.success;
+    r.output = match (first, r.output.is_empty()) {
+        (_, true) => apps.output,
+        (true, false) => format!("{}\n{}", apps.output, r.output),
+        (false, false) => format!("{}\n{}", r.output, apps.output),
+    };
+}
+
 /// Most file errors a transfer reports one by one; the rest are counted
 /// in a last entry (messages must stay within the server's max_payload).
 pub const MAX_FILE_ERRORS: usize = 1000;
@@ -194,6 +208,8 @@ struct Agent {
     params: backup::ChunkParams,
     client: Client,
     hooks: Mutex<HookResults>,
+    /// What the built-in hook kinds hold for each job.
+    apps: Mutex<HashMap<JobId, Arc<application::JobApps>>>,
     transfers: Mutex<HashMap<JobId, Arc<Mutex<Progress>>>>,
     tasks: Mutex<HashMap<JobId, tokio::task::AbortHandle>>,
 }
@@ -214,6 +230,7 @@ pub async fn run(
         params,
         client: client.clone(),
         hooks: Mutex::new(HashMap::new()),
+        apps: Mutex::new(HashMap::new()),
         transfers: Mutex::new(HashMap::new()),
         tasks: Mutex::new(HashMap::new()),
         config,
@@ -361,25 +378,73 @@ impl Agent {
             .clone()
     }
 
-    /// Runs a hook once per (job, phase); repeated requests share the result.
+    fn job_apps(&self, job: JobId) -> Arc<application::JobApps> {
+        self.apps
+            .lock()
+            .expect("apps lock")
+            .entry(job)
+            .or_default()
+            .clone()
+    }
+
+    /// True when the job's transfer ended without an error.
+    fn transfer_succeeded(&self, job: JobId) -> bool {
+        let transfers = self.transfers.lock().expect("transfers lock");
+        transfers.get(&job).is_some_and(|p| {
+            p.lock()
+                .expect("progress lock")
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.error.is_none())
+        })
+    }
+
+    /// Runs a hook once per (job, phase); repeated requests share the
+    /// result. A pre hook runs its command, then prepares the built-in
+    /// applications; a post hook releases them, then runs its command.
     async fn run_hook_once(
         &self,
         job: JobId,
         phase: HookPhase,
         hook: Option<&arca_schemas::HookSpec>,
+        apps: &[arca_schemas::Application],
         env: &[(String, String)],
         by_agent_deadline: bool,
     ) -> HookReply {
         let cell = self.hook_cell(job, phase);
         cell.get_or_init(|| async {
-            let mut r = match hook {
-                Some(h) => {
-                    tracing::info!(%job, phase = phase.as_str(), command = ?h.command, "running hook");
-                    let r = hooks::run(h, env).await;
-                    tracing::info!(%job, phase = phase.as_str(), success = r.success, exit_code = ?r.exit_code, "hook ended");
-                    r
+            let command = || async {
+                match hook {
+                    Some(h) => {
+                        tracing::info!(%job, phase = phase.as_str(), command = ?h.command, "running hook");
+                        let r = hooks::run(h, env).await;
+                        tracing::info!(%job, phase = phase.as_str(), success = r.success, exit_code = ?r.exit_code, "hook ended");
+                        r
+                    }
+                    None => hooks::none(),
                 }
-                None => hooks::none(),
+            };
+            let pre = matches!(phase, HookPhase::PreBackup | HookPhase::PreRestore);
+            let mut r = if pre {
+                let mut r = command().await;
+                if r.success && !apps.is_empty() {
+                    let a = self.job_apps(job).prepare(job, phase, apps, env).await;
+                    tracing::info!(%job, phase = phase.as_str(), success = a.success, output = %a.output, "applications prepared");
+                    merge(&mut r, a, false);
+                }
+                r
+            } else {
+                let held = self.apps.lock().expect("apps lock").get(&job).cloned();
+                let released = match held {
+                    Some(ja) => Some(ja.release(self.transfer_succeeded(job)).await),
+                    None => None,
+                };
+                let mut r = command().await;
+                if let Some(a) = released {
+                    tracing::info!(%job, phase = phase.as_str(), success = a.success, output = %a.output, "applications released");
+                    merge(&mut r, a, true);
+                }
+                r
             };
             r.by_agent_deadline = by_agent_deadline;
             r
@@ -411,14 +476,21 @@ impl Agent {
                     tokio::time::sleep(Duration::from_secs(secs)).await;
                     if me.hook_cell(job, post_phase).get().is_none() {
                         tracing::warn!(%job, "no finish request before the deadline; running the post hook now");
-                        me.run_hook_once(job, post_phase, post.as_ref(), &env, true)
+                        me.run_hook_once(job, post_phase, post.as_ref(), &[], &env, true)
                             .await;
                     }
                 });
             }
         }
         Ok(self
-            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env, false)
+            .run_hook_once(
+                req.job,
+                req.phase,
+                req.hook.as_ref(),
+                &req.applications,
+                &req.env,
+                false,
+            )
             .await)
     }
 
@@ -431,7 +503,7 @@ impl Agent {
             )));
         }
         Ok(self
-            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &req.env, false)
+            .run_hook_once(req.job, req.phase, req.hook.as_ref(), &[], &req.env, false)
             .await)
     }
 
@@ -454,13 +526,17 @@ impl Agent {
         tracing::info!(job = %req.job, paths = ?req.paths, "backup transfer started");
         let me = self.clone();
         let job = req.job;
+        let apps = self.apps.lock().expect("apps lock").get(&job).cloned();
         let task = tokio::spawn(async move {
             let job = req.job;
             let outcome = backup::run(
                 me.client.clone(),
                 me.config.system.clone(),
                 me.identity.clone(),
-                req,
+                backup::Request {
+                    transfer: req,
+                    apps,
+                },
                 me.params,
                 me.config.window,
                 Duration::from_secs(me.config.media_timeout_secs),

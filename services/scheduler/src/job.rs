@@ -458,8 +458,9 @@ impl Driver {
             env: self.env(system),
             deadline_secs: Some(cfg.hook_deadline_secs),
             post_hook: post,
+            applications: system.applications.clone(),
         };
-        let timeout = Duration::from_secs(pre.as_ref().map_or(0, |h| h.timeout_secs) + 30);
+        let timeout = hook_timeout(pre.as_ref(), system);
         let token = self.token(&system.name, Grant::default());
         let r: HookReply = rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
             rpc::request_signed(
@@ -863,7 +864,7 @@ impl Driver {
             self.enter(JobStep::Finishing).await;
             let (_, post_phase) = self.phases();
             let (_, post) = self.hooks(system);
-            let timeout = Duration::from_secs(post.as_ref().map_or(0, |h| h.timeout_secs) + 30);
+            let timeout = hook_timeout(post.as_ref(), system);
             let req = RunHook {
                 job: self.rec.id,
                 phase: post_phase,
@@ -871,6 +872,7 @@ impl Driver {
                 env: self.env(system),
                 deadline_secs: None,
                 post_hook: None,
+                applications: system.applications.clone(),
             };
             let token = self.token(&system.name, Grant::default());
             let r: Result<HookReply, RpcError> =
@@ -1000,6 +1002,13 @@ impl Driver {
         })
         .await;
     }
+}
+
+/// How long a hook request may take: the command's timeout and each
+/// application step's, plus a margin for the round trip.
+fn hook_timeout(hook: Option<&arca_schemas::HookSpec>, system: &SystemConfig) -> Duration {
+    let apps: u64 = system.applications.iter().map(|a| a.timeout_secs()).sum();
+    Duration::from_secs(hook.map_or(0, |h| h.timeout_secs) + apps + 30)
 }
 
 /// Renews the job's confirmed windows every third of a lease while the job

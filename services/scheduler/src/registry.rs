@@ -170,6 +170,7 @@ pub(crate) fn placeholder(name: &str) -> SystemConfig {
         firewalls: Vec::new(),
         media: arca_schemas::names::DEFAULT_MEDIA.to_owned(),
         hooks: Default::default(),
+        applications: Vec::new(),
         agent: None,
         include: Vec::new(),
         exclude: Vec::new(),

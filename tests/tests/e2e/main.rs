@@ -11,7 +11,13 @@
 //! which `ops/test` does).
 //!
 //! - `round_trip`: a tree with every kind of entry and metadata restores equal.
-//! - `hooks`: pre and post hooks around the transfer, also when media dies.
+//! - `hooks`: pre and post hooks around the transfer, also when media dies,
+//!   when the pre hook fails and when it hangs past its timeout.
+//! - `postgres`: the `postgresql` kind against a real PostgreSQL under
+//!   pgbench (skipped with a message without PostgreSQL, unless
+//!   `ARCA_REQUIRE_POSTGRES=1`), and what a plain copy lacks.
+//! - `suspend`: the `suspend` kind stops a writer for the transfer; the
+//!   agent's deadline continues it when the scheduler is gone.
 //! - `events`: a late subscriber reads a whole job; systems run one at a time.
 //! - `bad_input`: clear errors, and nothing half-written.
 //! - `repository`: corruption found and named, crashes of media survived,
@@ -35,8 +41,10 @@ mod events;
 mod firewall;
 mod hooks;
 mod metadata;
+mod postgres;
 mod registry;
 mod repository;
 mod round_trip;
 mod scheduling;
+mod suspend;
 mod trust;

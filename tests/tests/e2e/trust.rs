@@ -194,6 +194,7 @@ async fn forged_expired_replayed_and_misdirected_tokens_are_refused_and_audited(
         env: vec![],
         deadline_secs: None,
         post_hook: None,
+        applications: Vec::new(),
     };
     let subj = subject::agent("tk", AgentVerb::Prepare);
     let body = codec::encode(&req).unwrap();

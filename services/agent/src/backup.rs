@@ -57,6 +57,38 @@ pub fn chunker<R: std::io::Read>(source: R, p: &ChunkParams) -> fastcdc::v2020::
     fastcdc::v2020::StreamCDC::new(source, p.min, p.avg, p.max)
 }
 
+/// The chunks of a file. One that fits in a largest chunk is read whole
+/// and cut in memory: the streaming chunker allocates (and zeroes) a
+/// buffer of the largest chunk's size for every file, which dominated the
+/// backup of many small files. Larger files are cut by the streaming
+/// chunker. Both cut the same bytes at the same places.
+fn file_chunks<'f>(
+    file: &'f std::fs::File,
+    size_hint: u64,
+    p: &ChunkParams,
+) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + 'f>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity((size_hint as usize).min(p.max) + 1);
+    file.take(p.max as u64 + 1).read_to_end(&mut head)?;
+    if head.len() > p.max {
+        let stream = std::io::Cursor::new(head).chain(file);
+        return Ok(Box::new(
+            chunker(stream, p).map(|c| c.map(|c| c.data).map_err(std::io::Error::other)),
+        ));
+    }
+    let cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&head, p.min, p.avg, p.max)
+        .map(|c| (c.offset, c.length))
+        .collect();
+    if cuts.len() <= 1 {
+        return Ok(Box::new((!head.is_empty()).then_some(Ok(head)).into_iter()));
+    }
+    let pieces: Vec<std::io::Result<Vec<u8>>> = cuts
+        .into_iter()
+        .map(|(o, l)| Ok(head[o..o + l].to_vec()))
+        .collect();
+    Ok(Box::new(pieces.into_iter()))
+}
+
 /// Nodes per tree chunk.
 const TREE_BATCH: usize = 4096;
 
@@ -660,15 +692,7 @@ impl Reader<'_> {
         let mut sizes = Vec::new();
         for chunk in chunker(&data[..], &self.params) {
             let chunk = chunk.map_err(|e| ErrorReply::internal(e.to_string()))?;
-            let id = frame::chunk_id(&self.key, &chunk.data);
-            chunks.push(id);
-            sizes.push(chunk.length as u32);
-            {
-                let mut pr = self.progress.lock().expect("progress lock");
-                pr.stats.bytes += chunk.length as u64;
-                pr.stats.chunks += 1;
-            }
-            self.send(id, chunk.data, false)?;
+            self.take_chunk(chunk.data, &mut chunks, &mut sizes)?;
         }
         let mut n = self.node(folder, NodeKind::File { chunks, sizes }, &md);
         let now = std::time::SystemTime::now()
@@ -868,24 +892,23 @@ impl Reader<'_> {
         let mut chunks = Vec::new();
         let mut sizes = Vec::new();
         let mut size = 0u64;
-        for chunk in chunker(&file, &p) {
-            let chunk = match chunk {
+        let cut = match file_chunks(&file, md.size(), &p) {
+            Ok(c) => c,
+            Err(e) => {
+                self.file_error(path, format!("read failed: {e}"));
+                return Ok(());
+            }
+        };
+        for chunk in cut {
+            let data = match chunk {
                 Ok(c) => c,
                 Err(e) => {
                     self.file_error(path, format!("read failed: {e}"));
                     return Ok(());
                 }
             };
-            size += chunk.length as u64;
-            let id = frame::chunk_id(&self.key, &chunk.data);
-            chunks.push(id);
-            sizes.push(chunk.length as u32);
-            {
-                let mut pr = self.progress.lock().expect("progress lock");
-                pr.stats.bytes += chunk.length as u64;
-                pr.stats.chunks += 1;
-            }
-            self.send(id, chunk.data, false)?;
+            size += data.len() as u64;
+            self.take_chunk(data, &mut chunks, &mut sizes)?;
         }
         let mut n = self.node(path, NodeKind::File { chunks, sizes }, &md);
         n.size = size;
@@ -908,6 +931,24 @@ impl Reader<'_> {
         self.progress.lock().expect("progress lock").stats.files += 1;
         self.remember_link(link_key, &n);
         self.push(n)
+    }
+
+    /// Hashes a chunk of a file, counts it and queues it for sending.
+    fn take_chunk(
+        &mut self,
+        data: Vec<u8>,
+        chunks: &mut Vec<ChunkId>,
+        sizes: &mut Vec<u32>,
+    ) -> Result<(), ErrorReply> {
+        let id = frame::chunk_id(&self.key, &data);
+        chunks.push(id);
+        sizes.push(data.len() as u32);
+        {
+            let mut pr = self.progress.lock().expect("progress lock");
+            pr.stats.bytes += data.len() as u64;
+            pr.stats.chunks += 1;
+        }
+        self.send(id, data, false)
     }
 
     fn remember_link(&mut self, key: Option<(u64, u64)>, n: &Node) {
@@ -1092,6 +1133,28 @@ mod tests {
             let kept = later.iter().filter(|(o, l)| after.contains(&(o + shift, *l))).count();
             prop_assert!(later.len() > 50);
             prop_assert!(kept * 100 >= later.len() * 99, "only {kept} of {} later chunks kept", later.len());
+        }
+    }
+
+    #[test]
+    fn files_read_whole_are_cut_where_the_stream_cuts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, len) in [0usize, 1, 2047, 2048, 9000, 32767, 32768, 32769, 100_000]
+            .into_iter()
+            .enumerate()
+        {
+            let bytes = data(i as u64 + 7, len);
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            let got: Vec<Vec<u8>> = file_chunks(&file, len as u64, &SMALL)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let want: Vec<Vec<u8>> = chunker(&bytes[..], &SMALL)
+                .map(|c| c.unwrap().data)
+                .collect();
+            assert_eq!(got, want, "length {len}");
         }
     }
 

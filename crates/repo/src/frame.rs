@@ -15,7 +15,7 @@ pub fn chunk_id(key: &[u8; 32], data: &[u8]) -> ChunkId {
 
 /// Frames `data`, compressing at `level` when that helps.
 pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, level)
+    if let Ok(compressed) = compress(data, level)
         && compressed.len() < data.len()
     {
         let mut out = Vec::with_capacity(compressed.len() + 2);
@@ -27,6 +27,44 @@ pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
     out.extend_from_slice(&[FRAME_VERSION, COMPRESSION_NONE]);
     out.extend_from_slice(data);
     out
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating one per chunk cost
+    /// a tenth of the agent's time on many small files.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        c.as_mut().expect("just made").1.compress(data)
+    })
+}
+
+/// Decompresses at most `MAX_CHUNK` bytes, allocating what the frame
+/// says it holds (not the maximum).
+fn decompress(payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let capacity = match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n as usize <= MAX_CHUNK => n as usize,
+        Ok(Some(_)) => {
+            return Err(std::io::Error::other("frame larger than the largest chunk"));
+        }
+        _ => MAX_CHUNK,
+    };
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("just made").decompress(payload, capacity)
+    })
 }
 
 /// Largest plain chunk a frame may decode to (guards against zstd bombs).
@@ -46,9 +84,7 @@ pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, Rep
     }
     let data = match *compression {
         COMPRESSION_NONE => payload.to_vec(),
-        COMPRESSION_ZSTD => {
-            zstd::bulk::decompress(payload, MAX_CHUNK).map_err(|e| corrupt(format!("zstd: {e}")))?
-        }
+        COMPRESSION_ZSTD => decompress(payload).map_err(|e| corrupt(format!("zstd: {e}")))?,
         other => return Err(corrupt(format!("unknown compression {other}"))),
     };
     let actual = chunk_id(key, &data);

@@ -530,7 +530,7 @@ impl HasAsker {
 
 /// Chunks waiting for one "which do you have?" round trip.
 const PENDING_CHUNKS: usize = 256;
-const PENDING_BYTES: usize = 64 << 20;
+const PENDING_BYTES: usize = 16 << 20;
 
 /// The signature a `CACHEDIR.TAG` file starts with.
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";

@@ -63,6 +63,21 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The credentials of a service configured with an optional identity
+    /// file (created on first use) and optional TLS files.
+    pub fn from_files(
+        identity_file: Option<&std::path::Path>,
+        tls: Option<TlsFiles>,
+    ) -> anyhow::Result<Credentials> {
+        Ok(Credentials {
+            identity: identity_file
+                .map(crate::identity::Identity::load_or_create)
+                .transpose()?,
+            tls,
+            inbox_prefix: None,
+        })
+    }
+
     /// Adds these credentials to `options`.
     pub fn apply(
         &self,

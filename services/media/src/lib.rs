@@ -51,14 +51,7 @@ pub struct Config {
 impl Config {
     /// Credentials of the NATS connection.
     pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
-        Ok(arca_runtime::nats::Credentials {
-            identity: match &self.identity_file {
-                Some(p) => Some(arca_runtime::identity::Identity::load_or_create(p)?),
-                None => None,
-            },
-            tls: self.tls.clone(),
-            inbox_prefix: None,
-        })
+        arca_runtime::nats::Credentials::from_files(self.identity_file.as_deref(), self.tls.clone())
     }
 }
 

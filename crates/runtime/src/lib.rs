@@ -6,6 +6,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod jetstream;
+pub mod memory;
 pub mod nats;
 pub mod natsconf;
 pub mod rpc;
@@ -24,4 +25,20 @@ pub fn ensure_name(what: &str, name: &str) -> anyhow::Result<()> {
         "{what} {name:?} is not a valid name (letters, digits, '-', '_')"
     );
     Ok(())
+}
+
+/// Threads of a service's blocking pool (file and repository work).
+///
+/// Each thread that allocates gets its own glibc malloc arena, which keeps
+/// what was freed in it: tokio's default of up to 512 blocking threads let
+/// the agent and media hold some 100 MiB more at peak than they use.
+pub const BLOCKING_THREADS: usize = 4;
+
+/// The runtime a service runs on: a thread per CPU and a blocking pool of
+/// [`BLOCKING_THREADS`].
+pub fn service_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .build()
 }

@@ -1,15 +1,17 @@
 //! Reading the system's paths and streaming them to media.
 //!
-//! A blocking reader thread walks the paths (folders before what they
-//! hold, names sorted), takes files unchanged since the parent snapshot
-//! from it without reading them, cuts the others into content-defined
-//! chunks (FastCDC) and hashes them with the system's key. It asks media in
-//! batches which chunks it already holds and hands only the others over a
-//! bounded channel to the sender, which compresses them (on as many threads
-//! as chunks in flight) and keeps at most `window` chunks unacknowledged;
-//! media acknowledges each after a durable write. The tree goes last, as
-//! tree chunks, and the snapshot is committed only after every
-//! acknowledgement has arrived.
+//! A blocking walker thread walks the paths (folders before what they
+//! hold, names sorted) and takes files unchanged since the parent snapshot
+//! from it without reading them. The other files go to a few reader
+//! threads, which read them at the same time (a disk answers several reads
+//! at once faster than one after the other), cut them into content-defined
+//! chunks (FastCDC), hash them with the system's key, ask media in batches
+//! which chunks it already holds and compress only the others. The walker
+//! puts the files' nodes into the tree in walk order as their readers
+//! finish. A bounded channel carries the compressed chunks to the sender,
+//! which keeps at most `window` requests unacknowledged; media acknowledges
+//! each after a durable write. The tree goes last, as tree chunks, and the
+//! snapshot is committed only after every acknowledgement has arrived.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -99,12 +101,8 @@ const PUT_BATCH_CHUNKS: usize = 256;
 const PUT_BATCH_BYTES: usize = 2 << 20;
 
 enum Item {
-    /// Plain bytes; the sender compresses them.
-    Chunk {
-        id: ChunkId,
-        data: Vec<u8>,
-        tree: bool,
-    },
+    /// Compressed chunks media does not hold, for one request.
+    Chunks(Vec<PutChunk>),
     Done {
         tree: Vec<ChunkId>,
     },
@@ -117,6 +115,8 @@ pub struct Request {
     /// What the job's built-in hook kinds hold (a PostgreSQL session in
     /// backup mode), if any: they say what to leave out and what to add.
     pub apps: Option<Arc<JobApps>>,
+    /// Files read at the same time.
+    pub readers: usize,
 }
 
 /// What the reader walks.
@@ -144,8 +144,11 @@ pub async fn run(
     let Request {
         transfer: req,
         apps,
+        readers,
     } = request;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(window.max(1) * 2);
+    // Batches of compressed chunks ready to go: a few, each up to
+    // PUT_BATCH_BYTES.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(4);
     let reader_progress = progress.clone();
     let paths = req.paths.clone();
     let selection = req.selection.clone();
@@ -191,6 +194,7 @@ pub async fn run(
                 postgresql,
             },
             params,
+            readers,
             key,
             asker,
             tx,
@@ -203,9 +207,6 @@ pub async fn run(
     let mut in_flight = FuturesUnordered::new();
     let mut tree = None;
     let mut failure: Option<ErrorReply> = None;
-    let mut reader_failed = false;
-    // A chunk taken from the channel that did not fit in the last batch.
-    let mut carry: Option<Item> = None;
     loop {
         tokio::select! {
             biased;
@@ -223,62 +224,22 @@ pub async fn run(
                     }
                 }
             }
-            item = next_item(&mut carry, &mut rx), if in_flight.len() < window && tree.is_none() => {
-                let Some(first) = item else {
+            item = rx.recv(), if in_flight.len() < window && tree.is_none() => {
+                let batch = match item {
+                    Some(Item::Chunks(batch)) => batch,
+                    Some(Item::Done { tree: t }) => {
+                        tree = Some(t);
+                        Vec::new()
+                    }
                     // The reader ended without Done: it failed.
-                    break;
+                    None => break,
                 };
-                // What is waiting goes together: one round trip and one
-                // durable write for many small chunks.
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                let mut next = Some(first);
-                while let Some(item) = next.take() {
-                    match item {
-                        Item::Chunk { id, data, tree } => {
-                            if !batch.is_empty() && bytes + data.len() > PUT_BATCH_BYTES {
-                                carry = Some(Item::Chunk { id, data, tree });
-                                break;
-                            }
-                            bytes += data.len();
-                            batch.push((id, data, tree));
-                        }
-                        Item::Done { tree: t } => {
-                            tree = Some(t);
-                            break;
-                        }
-                    }
-                    if batch.len() >= PUT_BATCH_CHUNKS || bytes >= PUT_BATCH_BYTES {
-                        break;
-                    }
-                    match rx.try_recv() {
-                        Ok(i) => next = Some(i),
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                            reader_failed = tree.is_none();
-                        }
-                    }
-                }
                 if !batch.is_empty() {
                     let session = req.session.clone();
                     let subject = put_subject.clone();
                     let client = client.clone();
-                    let level = params.level;
                     in_flight.push(async move {
-                        // Compression runs beside the reader, one thread per chunk.
-                        let encoded = futures::future::join_all(batch.into_iter().map(|(id, data, tree)| {
-                            tokio::task::spawn_blocking(move || (id, tree, frame::encode(&data, level)))
-                        }))
-                        .await;
-                        let mut chunks = Vec::with_capacity(encoded.len());
-                        for e in encoded {
-                            let (id, tree, frame) = e.map_err(|e| RpcError::Transport {
-                                subject: subject.clone(),
-                                message: format!("compression failed: {e}"),
-                            })?;
-                            chunks.push(PutChunk { session: String::new(), id, tree, frame });
-                        }
-                        let body = PutChunks { session, chunks };
+                        let body = PutChunks { session, chunks: batch };
                         let wire = body.chunks.iter().map(|c| c.frame.len()).sum();
                         let r: ChunksStored = rpc::retry(Duration::from_secs(30), || {
                             rpc::request_with_timeout(&client, subject.clone(), &body, timeout)
@@ -292,9 +253,6 @@ pub async fn run(
                         }
                         Ok((r, wire))
                     });
-                }
-                if reader_failed {
-                    break;
                 }
             }
             else => break,
@@ -364,17 +322,6 @@ pub async fn run(
     {
         Ok(c) => outcome(Some(c.snapshot.id), None),
         Err(e) => outcome(None, Some(e.to_reply())),
-    }
-}
-
-/// The chunk left over from the last batch, or the next from the reader.
-async fn next_item(
-    carry: &mut Option<Item>,
-    rx: &mut tokio::sync::mpsc::Receiver<Item>,
-) -> Option<Item> {
-    match carry.take() {
-        Some(i) => Some(i),
-        None => rx.recv().await,
     }
 }
 
@@ -497,7 +444,8 @@ impl Parent {
     }
 }
 
-/// Asks media which chunks it already holds, from the reader thread.
+/// Asks media which chunks it already holds, from the reader threads.
+#[derive(Clone)]
 struct HasAsker {
     client: async_nats::Client,
     subject: String,
@@ -528,9 +476,13 @@ impl HasAsker {
     }
 }
 
-/// Chunks waiting for one "which do you have?" round trip.
+/// Chunks waiting for one "which do you have?" round trip, per reader.
 const PENDING_CHUNKS: usize = 256;
-const PENDING_BYTES: usize = 16 << 20;
+const PENDING_BYTES: usize = 8 << 20;
+
+/// Files handed to the readers and not yet put into the tree, at most: the
+/// walker waits for the oldest when there are more.
+const OUTSTANDING: usize = 1024;
 
 /// The signature a `CACHEDIR.TAG` file starts with.
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
@@ -543,12 +495,229 @@ struct FirstName {
     size: u64,
 }
 
+/// Where chunks go: each is sent once per backup, only if media does not
+/// hold it, compressed. Each reader has its own (with its own batch of
+/// questions to media); they share what was sent.
+struct ChunkSink {
+    sent: Arc<Mutex<HashSet<ChunkId>>>,
+    asker: HasAsker,
+    tx: tokio::sync::mpsc::Sender<Item>,
+    level: i32,
+    pending: Vec<(ChunkId, Vec<u8>, bool)>,
+    pending_bytes: usize,
+}
+
+impl ChunkSink {
+    /// Another sink sharing what was sent, with an empty batch.
+    fn another(&self) -> ChunkSink {
+        ChunkSink {
+            sent: self.sent.clone(),
+            asker: self.asker.clone(),
+            tx: self.tx.clone(),
+            level: self.level,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Queues a chunk; chunks media already holds are never compressed
+    /// nor sent (deduplication over the wire, in batches).
+    fn send(&mut self, id: ChunkId, data: Vec<u8>, tree: bool) -> Result<(), ErrorReply> {
+        if !self.sent.lock().expect("sent lock").insert(id) {
+            return Ok(());
+        }
+        self.pending_bytes += data.len();
+        self.pending.push((id, data, tree));
+        if self.pending.len() >= PENDING_CHUNKS || self.pending_bytes >= PENDING_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ErrorReply> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let present = self
+            .asker
+            .ask(pending.iter().map(|(id, _, _)| *id).collect())?;
+        // What media lacks goes together: one round trip and one durable
+        // write for many small chunks.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for ((id, data, tree), have) in pending.into_iter().zip(present) {
+            if have {
+                continue;
+            }
+            let frame = frame::encode(&data, self.level);
+            drop(data);
+            if !batch.is_empty() && bytes + frame.len() > PUT_BATCH_BYTES {
+                self.put(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+            bytes += frame.len();
+            batch.push(PutChunk {
+                session: String::new(),
+                id,
+                tree,
+                frame,
+            });
+            if batch.len() >= PUT_BATCH_CHUNKS {
+                self.put(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.put(batch)?;
+        }
+        Ok(())
+    }
+
+    fn put(&self, batch: Vec<PutChunk>) -> Result<(), ErrorReply> {
+        self.tx
+            .blocking_send(Item::Chunks(batch))
+            .map_err(|_| ErrorReply::internal("transfer stopped"))
+    }
+}
+
+/// A file for a reader.
+struct ReadJob {
+    path: PathBuf,
+    size_hint: u64,
+    done: std::sync::mpsc::SyncSender<Result<FileRead, ErrorReply>>,
+}
+
+/// What a reader made of a file.
+enum FileRead {
+    Read {
+        chunks: Vec<ChunkId>,
+        sizes: Vec<u32>,
+        size: u64,
+        /// The metadata of the file as opened.
+        md: Box<std::fs::Metadata>,
+        /// Size or mtime differed after reading.
+        changed: bool,
+    },
+    Failed {
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// An entry of the tree in walk order, maybe still being read.
+enum Slot {
+    Dir(Node),
+    Node(Node),
+    File {
+        path: PathBuf,
+        read: std::sync::mpsc::Receiver<Result<FileRead, ErrorReply>>,
+    },
+}
+
+/// Reads, cuts and hashes one file; its chunks go to `sink`.
+fn read_file(
+    path: &Path,
+    size_hint: u64,
+    params: &ChunkParams,
+    key: &[u8; 32],
+    sink: &mut ChunkSink,
+    progress: &Mutex<Progress>,
+) -> Result<FileRead, ErrorReply> {
+    let failed = |what, error| Ok(FileRead::Failed { what, error });
+    let file = match meta::open_regular(path) {
+        Ok(f) => f,
+        Err(e) => return failed("cannot open", e),
+    };
+    let md = match file.metadata() {
+        Ok(md) => md,
+        Err(e) => return failed("cannot read metadata", e),
+    };
+    progress.lock().expect("progress lock").current = Some(path.to_string_lossy().into_owned());
+    let mut chunks = Vec::new();
+    let mut sizes = Vec::new();
+    let mut size = 0u64;
+    let cut = match file_chunks(&file, md.size().max(size_hint), params) {
+        Ok(c) => c,
+        Err(e) => return failed("read failed", e),
+    };
+    for chunk in cut {
+        let data = match chunk {
+            Ok(c) => c,
+            Err(e) => return failed("read failed", e),
+        };
+        size += data.len() as u64;
+        let id = frame::chunk_id(key, &data);
+        chunks.push(id);
+        sizes.push(data.len() as u32);
+        {
+            let mut pr = progress.lock().expect("progress lock");
+            pr.stats.bytes += data.len() as u64;
+            pr.stats.chunks += 1;
+        }
+        sink.send(id, data, false)?;
+    }
+    // Changed while read: the content may mix old and new bytes.
+    let now = file
+        .metadata()
+        .ok()
+        .map(|a| (a.size(), a.mtime(), a.mtime_nsec()));
+    let changed = now != Some((md.size(), md.mtime(), md.mtime_nsec())) || size != md.size();
+    Ok(FileRead::Read {
+        chunks,
+        sizes,
+        size,
+        md: Box::new(md),
+        changed,
+    })
+}
+
+/// A reader thread: reads the files it is handed until there are no
+/// more, then sends what its sink still holds.
+fn reader_thread(
+    jobs: &Mutex<std::sync::mpsc::Receiver<ReadJob>>,
+    params: &ChunkParams,
+    key: &[u8; 32],
+    mut sink: ChunkSink,
+    progress: &Mutex<Progress>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let job = jobs.lock().expect("jobs lock").recv();
+        let Ok(job) = job else { break };
+        if stop.load(Ordering::Relaxed) {
+            // Stopping: the jobs are dropped unread (the walker is told
+            // by the closed answer channel) until the walker stops too.
+            continue;
+        }
+        let r = read_file(&job.path, job.size_hint, params, key, &mut sink, progress);
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        // The walker may have stopped waiting: nothing to tell then.
+        let _ = job.done.send(r);
+    }
+    if !stop.load(Ordering::Relaxed)
+        && let Err(e) = sink.flush()
+    {
+        tracing::debug!(error = %e.message, "a reader could not send its last chunks");
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
 struct Reader<'a> {
     parent: Parent,
     params: ChunkParams,
     key: [u8; 32],
-    asker: HasAsker,
-    tx: tokio::sync::mpsc::Sender<Item>,
+    /// The walker's own sink: tree chunks, files with several names and
+    /// what the application hooks add.
+    sink: ChunkSink,
+    /// Files for the readers.
+    jobs: Option<std::sync::mpsc::SyncSender<ReadJob>>,
+    /// The tree's entries in walk order, from the oldest not yet in it.
+    slots: std::collections::VecDeque<Slot>,
     progress: &'a Mutex<Progress>,
     filter: Filter,
     one_file_system: bool,
@@ -562,19 +731,19 @@ struct Reader<'a> {
     /// PostgreSQL data directories in backup mode: what a base backup
     /// omits is left out.
     postgresql: Vec<PathBuf>,
-    sent: HashSet<ChunkId>,
-    pending: Vec<(ChunkId, Vec<u8>, bool)>,
-    pending_bytes: usize,
     batch: TreeBatch,
     tree: Vec<ChunkId>,
 }
 
-/// The reader thread: walks, chunks, and feeds the sender. `finish`
-/// runs once every path was read (it ends application backup modes) and
-/// names what to add before the tree is closed.
+/// The walker thread: walks, hands files to `readers` reader threads, and
+/// feeds the sender. `finish` runs once every path was read (it ends
+/// application backup modes) and names what to add before the tree is
+/// closed.
+#[allow(clippy::too_many_arguments)]
 fn read_all(
     walk: Walk<'_>,
     params: ChunkParams,
+    readers: usize,
     key: [u8; 32],
     asker: HasAsker,
     tx: tokio::sync::mpsc::Sender<Item>,
@@ -589,76 +758,131 @@ fn read_all(
     } = walk;
     let filter = Filter::new(&selection.filter)
         .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
-    let mut r = Reader {
-        parent,
-        params,
-        key,
+    let sink = ChunkSink {
+        sent: Default::default(),
         asker,
         tx,
-        progress,
-        filter,
-        one_file_system: selection.one_file_system,
-        exclude_caches: selection.exclude_caches,
-        names: Names::default(),
-        links: HashMap::new(),
-        held: Vec::new(),
-        postgresql,
-        sent: HashSet::new(),
+        level: params.level,
         pending: Vec::new(),
         pending_bytes: 0,
-        batch: TreeBatch::default(),
-        tree: Vec::new(),
     };
-    // Walked in path order, so that the tree is sorted by path.
-    let mut roots: Vec<&String> = paths.iter().collect();
-    roots.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
-    roots.dedup();
-    let mut present = 0;
-    for p in roots {
-        let path = Path::new(p);
-        match std::fs::symlink_metadata(path) {
-            Ok(md) => {
-                present += 1;
-                r.walk(path, md.dev())?;
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<ReadJob>(readers.max(1) * 4);
+    let jobs_rx = Mutex::new(jobs_rx);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for i in 0..readers.max(1) {
+            let (jobs, params, key, sink, stop) = (&jobs_rx, &params, &key, sink.another(), &stop);
+            let t = std::thread::Builder::new()
+                .name(format!("arca-reader-{i}"))
+                .spawn_scoped(scope, move || {
+                    reader_thread(jobs, params, key, sink, progress, stop)
+                })
+                .map_err(|e| ErrorReply::internal(format!("cannot start a reader thread: {e}")))?;
+            threads.push(t);
+        }
+        let mut r = Reader {
+            parent,
+            params,
+            key,
+            sink,
+            jobs: Some(jobs_tx),
+            slots: Default::default(),
+            progress,
+            filter,
+            one_file_system: selection.one_file_system,
+            exclude_caches: selection.exclude_caches,
+            names: Names::default(),
+            links: HashMap::new(),
+            held: Vec::new(),
+            postgresql,
+            batch: TreeBatch::default(),
+            tree: Vec::new(),
+        };
+        let walked = r.walk_all(paths, finish);
+        // The readers end when there is nothing more to read; on a
+        // failure they stop without sending what they hold.
+        r.jobs = None;
+        if walked.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        for t in threads {
+            if t.join().is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => r.file_error(path, format!("cannot back up configured path: {e}")),
         }
-    }
-    if present == 0 {
-        return Err(ErrorReply::bad_request(format!(
-            "none of the configured paths exists on this system: {}",
-            paths.join(", ")
-        )));
-    }
-    let additions = finish().map_err(|e| {
-        ErrorReply::new(
-            arca_schemas::ErrorCode::Internal,
-            format!("the application backup could not be completed: {e}"),
-        )
-    })?;
-    for a in additions {
-        match a {
-            Addition::Bytes { path, data } => r.bytes(&path, data)?,
-            Addition::File(path) => match std::fs::symlink_metadata(&path) {
-                Ok(md) => r.file(&path, &md)?,
-                // Missing, it would make the snapshot lie: no snapshot.
-                Err(e) => {
-                    return Err(ErrorReply::internal(format!(
-                        "cannot read {}, needed for a consistent backup: {e}",
-                        path.display()
-                    )));
-                }
-            },
+        walked?;
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ErrorReply::internal(
+                "a reader stopped before sending every chunk",
+            ));
         }
-    }
-    r.flush_batch()?;
-    r.flush_pending()?;
-    let tree = std::mem::take(&mut r.tree);
-    r.tx.blocking_send(Item::Done { tree })
-        .map_err(|_| ErrorReply::internal("transfer stopped"))
+        // Every file chunk is on its way: the tree goes last.
+        r.flush_batch()?;
+        r.sink.flush()?;
+        let tree = std::mem::take(&mut r.tree);
+        r.sink
+            .tx
+            .blocking_send(Item::Done { tree })
+            .map_err(|_| ErrorReply::internal("transfer stopped"))
+    })
 }
 
 impl Reader<'_> {
+    /// Walks every configured path, then what the applications add; every
+    /// file is in the tree batches when it returns.
+    fn walk_all(
+        &mut self,
+        paths: &[String],
+        finish: impl FnOnce() -> Result<Vec<Addition>, String>,
+    ) -> Result<(), ErrorReply> {
+        // Walked in path order, so that the tree is sorted by path.
+        let mut roots: Vec<&String> = paths.iter().collect();
+        roots.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+        roots.dedup();
+        let mut present = 0;
+        for p in roots {
+            let path = Path::new(p);
+            match std::fs::symlink_metadata(path) {
+                Ok(md) => {
+                    present += 1;
+                    self.walk(path, md.dev())?;
+                }
+                Err(e) => self.file_error(path, format!("cannot back up configured path: {e}")),
+            }
+        }
+        if present == 0 {
+            return Err(ErrorReply::bad_request(format!(
+                "none of the configured paths exists on this system: {}",
+                paths.join(", ")
+            )));
+        }
+        // Every file read before the applications leave backup mode.
+        self.settle(0)?;
+        let additions = finish().map_err(|e| {
+            ErrorReply::new(
+                arca_schemas::ErrorCode::Internal,
+                format!("the application backup could not be completed: {e}"),
+            )
+        })?;
+        for a in additions {
+            match a {
+                Addition::Bytes { path, data } => self.bytes(&path, data)?,
+                Addition::File(path) => match std::fs::symlink_metadata(&path) {
+                    Ok(md) => self.file(&path, &md)?,
+                    // Missing, it would make the snapshot lie: no snapshot.
+                    Err(e) => {
+                        return Err(ErrorReply::internal(format!(
+                            "cannot read {}, needed for a consistent backup: {e}",
+                            path.display()
+                        )));
+                    }
+                },
+            }
+        }
+        self.settle(0)
+    }
+
     /// True when `path`, inside a PostgreSQL data directory in backup
     /// mode, was removed after its folder was listed: the server removes
     /// temporary files and dropped relations at any time, and recovery
@@ -708,7 +932,7 @@ impl Reader<'_> {
         n.ctime_nsec = n.mtime_nsec;
         n.inode = 0;
         self.progress.lock().expect("progress lock").stats.files += 1;
-        self.push(n)
+        self.emit(Slot::Node(n))
     }
 
     fn file_error(&self, path: &Path, error: String) {
@@ -745,7 +969,7 @@ impl Reader<'_> {
             let ft = md.file_type();
             if ft.is_dir() {
                 let n = self.node(&path, NodeKind::Dir, &md);
-                self.push_dir(n)?;
+                self.emit(Slot::Dir(n))?;
                 if self.one_file_system && md.dev() != root_dev {
                     // A mount point: kept as an empty folder.
                     continue;
@@ -779,7 +1003,7 @@ impl Reader<'_> {
                             target: target.as_os_str().as_bytes().to_vec(),
                         };
                         let n = self.node(&path, kind, &md);
-                        self.push(n)?;
+                        self.emit(Slot::Node(n))?;
                     }
                     Err(e) => self.file_error(&path, format!("cannot read link: {e}")),
                 }
@@ -795,7 +1019,7 @@ impl Reader<'_> {
                 };
                 let n = self.node(&path, kind, &md);
                 self.progress.lock().expect("progress lock").stats.files += 1;
-                self.push(n)?;
+                self.emit(Slot::Node(n))?;
             }
         }
         Ok(())
@@ -845,7 +1069,7 @@ impl Reader<'_> {
             n.size = size;
             n.hardlink = Some(first_path);
             self.progress.lock().expect("progress lock").stats.files += 1;
-            return self.push(n);
+            return self.emit(Slot::Node(n));
         }
         let reused = match self.parent.get(bytes) {
             Some(before) if unchanged(before, md) => match &before.kind {
@@ -868,72 +1092,78 @@ impl Reader<'_> {
             n.size = size;
             n.sparse = sparse;
             self.remember_link(link_key, &n);
-            return self.push(n);
+            return self.emit(Slot::Node(n));
         }
-        let file = match meta::open_regular(path) {
-            Ok(f) => f,
-            Err(e) => {
-                if !self.vanished(path, &e) {
-                    self.file_error(path, format!("cannot open: {e}"));
-                }
-                return Ok(());
-            }
-        };
-        let md = match file.metadata() {
-            Ok(md) => md,
-            Err(e) => {
-                self.file_error(path, format!("cannot read metadata: {e}"));
-                return Ok(());
-            }
-        };
-        self.progress.lock().expect("progress lock").current =
-            Some(path.to_string_lossy().into_owned());
-        let p = self.params;
-        let mut chunks = Vec::new();
-        let mut sizes = Vec::new();
-        let mut size = 0u64;
-        let cut = match file_chunks(&file, md.size(), &p) {
-            Ok(c) => c,
-            Err(e) => {
-                self.file_error(path, format!("read failed: {e}"));
-                return Ok(());
-            }
-        };
-        for chunk in cut {
-            let data = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    self.file_error(path, format!("read failed: {e}"));
-                    return Ok(());
-                }
-            };
-            size += data.len() as u64;
-            self.take_chunk(data, &mut chunks, &mut sizes)?;
-        }
-        let mut n = self.node(path, NodeKind::File { chunks, sizes }, &md);
-        n.size = size;
-        n.sparse = md.blocks().saturating_mul(512) < md.size();
-        // Changed while read: the content may mix old and new bytes.
-        let now = file
-            .metadata()
-            .ok()
-            .map(|a| (a.size(), a.mtime(), a.mtime_nsec()));
-        if now != Some((md.size(), md.mtime(), md.mtime_nsec())) || size != md.size() {
-            n.changed = true;
-            self.file_warning(
+        if link_key.is_some() {
+            // Read here, so that its later names find its chunks.
+            let read = read_file(
                 path,
-                format!(
-                    "changed while it was read ({} bytes when opened, {size} read): the snapshot's copy may mix old and new content; quiesce the application with a hook, or back it up again",
-                    md.size()
-                ),
-            );
+                md.size(),
+                &self.params,
+                &self.key,
+                &mut self.sink,
+                self.progress,
+            )?;
+            if let Some(n) = self.file_node(path, read) {
+                self.remember_link(link_key, &n);
+                self.emit(Slot::Node(n))?;
+            }
+            return Ok(());
         }
-        self.progress.lock().expect("progress lock").stats.files += 1;
-        self.remember_link(link_key, &n);
-        self.push(n)
+        let (done, read) = std::sync::mpsc::sync_channel(1);
+        let job = ReadJob {
+            path: path.to_path_buf(),
+            size_hint: md.size(),
+            done,
+        };
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| ErrorReply::internal("the readers stopped"))?;
+        self.emit(Slot::File {
+            path: path.to_path_buf(),
+            read,
+        })
     }
 
-    /// Hashes a chunk of a file, counts it and queues it for sending.
+    /// The node of a file a reader read, or `None` (with a file error)
+    /// when it could not be read.
+    fn file_node(&mut self, path: &Path, read: FileRead) -> Option<Node> {
+        match read {
+            FileRead::Failed { what, error } => {
+                if !self.vanished(path, &error) {
+                    self.file_error(path, format!("{what}: {error}"));
+                }
+                None
+            }
+            FileRead::Read {
+                chunks,
+                sizes,
+                size,
+                md,
+                changed,
+            } => {
+                let mut n = self.node(path, NodeKind::File { chunks, sizes }, &md);
+                n.size = size;
+                n.sparse = md.blocks().saturating_mul(512) < md.size();
+                if changed {
+                    n.changed = true;
+                    self.file_warning(
+                        path,
+                        format!(
+                            "changed while it was read ({} bytes when opened, {size} read): the snapshot's copy may mix old and new content; quiesce the application with a hook, or back it up again",
+                            md.size()
+                        ),
+                    );
+                }
+                self.progress.lock().expect("progress lock").stats.files += 1;
+                Some(n)
+            }
+        }
+    }
+
+    /// Hashes a chunk made by the walker, counts it and queues it for
+    /// sending.
     fn take_chunk(
         &mut self,
         data: Vec<u8>,
@@ -948,7 +1178,7 @@ impl Reader<'_> {
             pr.stats.bytes += data.len() as u64;
             pr.stats.chunks += 1;
         }
-        self.send(id, data, false)
+        self.sink.send(id, data, false)
     }
 
     fn remember_link(&mut self, key: Option<(u64, u64)>, n: &Node) {
@@ -965,36 +1195,47 @@ impl Reader<'_> {
         }
     }
 
-    /// Queues a chunk; chunks media already holds are never compressed
-    /// nor sent (deduplication over the wire, in batches).
-    fn send(&mut self, id: ChunkId, data: Vec<u8>, tree: bool) -> Result<(), ErrorReply> {
-        if !self.sent.insert(id) {
-            return Ok(());
-        }
-        self.pending_bytes += data.len();
-        self.pending.push((id, data, tree));
-        if self.pending.len() >= PENDING_CHUNKS || self.pending_bytes >= PENDING_BYTES {
-            self.flush_pending()?;
-        }
-        Ok(())
+    /// Queues an entry behind those still being read, and puts into the
+    /// tree what is ready.
+    fn emit(&mut self, slot: Slot) -> Result<(), ErrorReply> {
+        self.slots.push_back(slot);
+        self.settle(OUTSTANDING)
     }
 
-    fn flush_pending(&mut self) -> Result<(), ErrorReply> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let present = self
-            .asker
-            .ask(pending.iter().map(|(id, _, _)| *id).collect())?;
-        for ((id, data, tree), have) in pending.into_iter().zip(present) {
-            if have {
+    /// Puts entries into the tree in walk order until at most `keep`
+    /// remain: a file still being read waits only while more than `keep`
+    /// entries are queued.
+    fn settle(&mut self, keep: usize) -> Result<(), ErrorReply> {
+        while let Some(front) = self.slots.front() {
+            if let Slot::File { read, .. } = front {
+                let got = if self.slots.len() > keep {
+                    read.recv().ok()
+                } else {
+                    match read.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+                    }
+                };
+                let Some(Slot::File { path, .. }) = self.slots.pop_front() else {
+                    unreachable!("the front is a file");
+                };
+                let read = got.ok_or_else(|| {
+                    ErrorReply::internal(format!(
+                        "the reader of {} stopped without an answer",
+                        path.display()
+                    ))
+                })??;
+                if let Some(n) = self.file_node(&path, read) {
+                    self.push(n)?;
+                }
                 continue;
             }
-            self.tx
-                .blocking_send(Item::Chunk { id, data, tree })
-                .map_err(|_| ErrorReply::internal("transfer stopped"))?;
+            match self.slots.pop_front() {
+                Some(Slot::Dir(n)) => self.push_dir(n)?,
+                Some(Slot::Node(n)) => self.push(n)?,
+                _ => unreachable!("the front is not a file"),
+            }
         }
         Ok(())
     }
@@ -1050,7 +1291,7 @@ impl Reader<'_> {
         let bytes = codec::encode(&batch).map_err(|e| ErrorReply::internal(e.to_string()))?;
         let id = frame::chunk_id(&self.key, &bytes);
         self.tree.push(id);
-        self.send(id, bytes, true)
+        self.sink.send(id, bytes, true)
     }
 }
 

@@ -58,6 +58,10 @@ pub struct Config {
     /// Chunks sent or fetched without acknowledgement at most.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Files read at the same time during a backup (a disk answers
+    /// several reads at once faster than one after the other).
+    #[serde(default = "default_readers")]
+    pub readers: usize,
     /// Smallest chunk, bytes.
     #[serde(default = "default_min")]
     pub chunk_min: usize,
@@ -83,6 +87,9 @@ fn default_media_timeout() -> u64 {
 fn default_window() -> usize {
     8
 }
+fn default_readers() -> usize {
+    3
+}
 fn default_min() -> usize {
     256 * 1024
 }
@@ -105,6 +112,7 @@ impl Config {
             scheduler_key: scheduler_key.to_owned(),
             tls: None,
             window: default_window(),
+            readers: default_readers(),
             chunk_min: default_min(),
             chunk_avg: default_avg(),
             chunk_max: default_max(),
@@ -536,6 +544,7 @@ impl Agent {
                 backup::Request {
                     transfer: req,
                     apps,
+                    readers: me.config.readers,
                 },
                 me.params,
                 me.config.window,
@@ -544,6 +553,7 @@ impl Agent {
             )
             .await;
             tracing::info!(%job, snapshot = ?outcome.snapshot, error = ?outcome.error, "backup transfer ended");
+            tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
             progress.lock().expect("progress lock").outcome = Some(outcome);
         });
         self.tasks
@@ -581,6 +591,7 @@ impl Agent {
             )
             .await;
             tracing::info!(%job, error = ?outcome.error, files_failed = outcome.file_errors.len(), "restore transfer ended");
+            tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
             progress.lock().expect("progress lock").outcome = Some(outcome);
         });
         self.tasks

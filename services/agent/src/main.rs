@@ -18,8 +18,11 @@ struct Args {
     public_key: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    arca_runtime::service_runtime()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-agent");
     let config: arca_agent::Config = arca_runtime::config::load(&args.config)?;

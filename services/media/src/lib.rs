@@ -100,6 +100,9 @@ struct Media {
     gate: Gate,
 }
 
+/// Pause of data requests after which media returns free memory.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the media service until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -143,6 +146,10 @@ pub async fn run(
     client.flush().await?;
     tracing::info!(id = %config.id, repository = %config.repository.display(), "media service ready");
     tokio::pin!(shutdown);
+    // Once data requests pause, the memory they used goes back to the
+    // system instead of staying with the service until the next job.
+    let mut tick = tokio::time::interval(QUIET);
+    let mut last_data: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -151,8 +158,15 @@ pub async fn run(
                 tokio::spawn(async move { m.control(msg).await });
             }
             Some(msg) = data.next() => {
+                last_data = Some(tokio::time::Instant::now());
                 let m = media.clone();
                 tokio::spawn(async move { m.data(msg).await });
+            }
+            _ = tick.tick() => {
+                if last_data.is_some_and(|t| t.elapsed() >= QUIET) {
+                    last_data = None;
+                    tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
+                }
             }
             else => break,
         }
@@ -720,6 +734,8 @@ impl Media {
                     tree: req.tree,
                 })
                 .map_err(|e| e.to_reply())?;
+            // The backup's data is stored: what it used goes back now.
+            arca_runtime::memory::release_free_memory();
             Ok(info)
         })
         .await?;

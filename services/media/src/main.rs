@@ -14,8 +14,11 @@ struct Args {
     nats_url: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    arca_runtime::service_runtime()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-media");
     let config: arca_media::Config = arca_runtime::config::load(&args.config)?;

@@ -478,7 +478,10 @@ impl HasAsker {
 
 /// Chunks waiting for one "which do you have?" round trip, per reader.
 const PENDING_CHUNKS: usize = 256;
-const PENDING_BYTES: usize = 8 << 20;
+const PENDING_BYTES: usize = 4 << 20;
+
+/// Threads listing folders ahead of the walk.
+const PREFETCH_THREADS: usize = 4;
 
 /// Files handed to the readers and not yet put into the tree, at most: the
 /// walker waits for the oldest when there are more.
@@ -758,6 +761,11 @@ fn read_all(
     } = walk;
     let filter = Filter::new(&selection.filter)
         .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
+    let ahead = Filter::new(&selection.filter)
+        .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
+    let skip = move |path: &[u8]| ahead.excluded(path);
+    let roots: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let walked_all = std::sync::atomic::AtomicBool::new(false);
     let sink = ChunkSink {
         sent: Default::default(),
         asker,
@@ -770,6 +778,22 @@ fn read_all(
     let jobs_rx = Mutex::new(jobs_rx);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let one_file_system = selection.one_file_system;
+        let (roots, skip, walked_all) = (&roots, &skip, &walked_all);
+        // Metadata read ahead of the walk; a thread that cannot start
+        // only makes the walk slower.
+        let _ = std::thread::Builder::new()
+            .name("arca-prefetch".into())
+            .spawn_scoped(scope, move || {
+                let listed = crate::prefetch::run(
+                    roots,
+                    PREFETCH_THREADS,
+                    skip,
+                    one_file_system,
+                    walked_all,
+                );
+                tracing::debug!(listed, "folders listed ahead of the walk");
+            });
         let mut threads = Vec::new();
         for i in 0..readers.max(1) {
             let (jobs, params, key, sink, stop) = (&jobs_rx, &params, &key, sink.another(), &stop);
@@ -800,6 +824,7 @@ fn read_all(
             tree: Vec::new(),
         };
         let walked = r.walk_all(paths, finish);
+        walked_all.store(true, std::sync::atomic::Ordering::Relaxed);
         // The readers end when there is nothing more to read; on a
         // failure they stop without sending what they hold.
         r.jobs = None;

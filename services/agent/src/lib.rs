@@ -18,6 +18,7 @@ pub mod application;
 pub mod backup;
 pub mod hooks;
 pub mod meta;
+pub mod prefetch;
 pub mod restore;
 pub mod select;
 

@@ -149,6 +149,9 @@ async fn get_chunks(
 }
 
 /// The temporary file of a file being restored.
+/// Files at least this large are written back as soon as they are whole.
+const EARLY_WRITEBACK: u64 = 8 << 20;
+
 enum Slot {
     /// Not created yet.
     New,
@@ -354,9 +357,17 @@ async fn restore(
                 ctx2.file_error(&dest, e);
             }
         }
+        // The restore ends when what it wrote is on disk.
+        std::fs::File::open(&ctx2.root)
+            .and_then(|root| rustix::fs::syncfs(&root).map_err(std::io::Error::from))
+            .map_err(|e| {
+                ErrorReply::internal(format!(
+                    "the restored files could not be flushed to disk: {e}"
+                ))
+            })
     })
     .await
-    .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))?;
+    .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))??;
     Ok(())
 }
 
@@ -550,6 +561,13 @@ impl Ctx {
         else {
             return;
         };
+        // A large file written: the disk starts on it now rather than at
+        // the end (the advice also keeps restored data from crowding the
+        // page cache once it is on disk). Small files are left to be
+        // written back together.
+        if f.node.size >= EARLY_WRITEBACK {
+            let _ = rustix::fs::fadvise(tmp.as_file(), 0, None, rustix::fs::Advice::DontNeed);
+        }
         let result = self.apply(tmp.path(), &f.node).and_then(|_| {
             tmp.persist(&f.dest)
                 .map(|_| ())

@@ -666,10 +666,11 @@ impl Media {
         let req: GetChunks = decode_request(&payload)?;
         let (system, _) = self.read_scope(&system, req.session.as_deref())?;
         blocking("get", move || {
-            let chunks = req
-                .ids
-                .iter()
-                .map(|id| match self.repo.get_chunk(&system, id) {
+            let chunks = self
+                .repo
+                .get_chunks(&system, &req.ids)
+                .into_iter()
+                .map(|r| match r {
                     Ok(frame) => FetchedChunk {
                         frame: Some(frame),
                         error: None,

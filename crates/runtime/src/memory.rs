@@ -4,6 +4,26 @@
 //! reuse, so a service that moved a few hundred MiB through a job stays
 //! that large afterwards, idle. [`release_free_memory`] returns the free
 //! pages of every arena; services call it when a transfer ends.
+//! [`limit_arenas`] keeps the arenas few: each holds its own free memory
+//! and its own fragments of long-lived data.
+
+/// Arenas of a service's heap (glibc's default is 8 per CPU).
+pub const ARENAS: i32 = 2;
+
+/// Limits the heap to [`ARENAS`] arenas; call it first thing in `main`,
+/// before other threads start. Does nothing off glibc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn limit_arenas() {
+    // SAFETY: mallopt takes two integers and has no precondition.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+    }
+}
+
+/// Limits the heap to [`ARENAS`] arenas; does nothing off glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn limit_arenas() {}
 
 /// Returns free heap pages to the system (glibc's `malloc_trim(0)`); does
 /// nothing elsewhere. It walks every arena, so call it between pieces of

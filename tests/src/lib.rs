@@ -249,6 +249,11 @@ impl Stack {
         self.net.as_ref().expect("a stack made by Stack::start_net")
     }
 
+    /// The stack's folder: configurations, identities, logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Folder of the media repository.
     pub fn repo_dir(&self) -> PathBuf {
         self.dir.path().join("repo")

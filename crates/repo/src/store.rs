@@ -164,10 +164,21 @@ impl Repository {
         key_file: &Path,
         pack_size: u64,
     ) -> Result<(Self, OpenReport), RepoError> {
+        Self::open_or_init_sealed(root, key_file, None, pack_size)
+    }
+
+    /// As [`Self::open_or_init`], with the passphrase that seals the key
+    /// file (a new key file is sealed by it).
+    pub fn open_or_init_sealed(
+        root: &Path,
+        key_file: &Path,
+        passphrase: Option<&[u8]>,
+        pack_size: u64,
+    ) -> Result<(Self, OpenReport), RepoError> {
         for d in ["tmp", "data", "index", "snapshots"] {
             std::fs::create_dir_all(root.join(d)).map_err(|e| RepoError::io(root, e))?;
         }
-        let keys = Keys::load_or_create(key_file)?;
+        let keys = Keys::load_or_create(key_file, passphrase)?;
         let repo = Repository {
             root: root.to_owned(),
             keys,

@@ -34,6 +34,11 @@ pub struct Config {
     /// Default: `key` inside the repository folder; keep it elsewhere (and
     /// backed up) to keep the key apart from the data.
     pub key_file: Option<PathBuf>,
+    /// A file (mode 0600) holding the passphrase that seals the key file;
+    /// `ARCA_KEY_PASSPHRASE` in the environment also gives it. With a
+    /// passphrase, a new key file is created sealed.
+    #[serde(default)]
+    pub key_passphrase_file: Option<PathBuf>,
     /// Target size of a pack, MiB.
     #[serde(default = "default_pack_mib")]
     pub pack_size_mib: u64,
@@ -49,6 +54,47 @@ pub struct Config {
 }
 
 impl Config {
+    /// The key file: `key-file`, or `key` inside the repository folder.
+    pub fn key_file_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.repository.join("key"))
+    }
+
+    /// The passphrase of the key file, if one is configured: the content
+    /// of `key-passphrase-file` (without its final line break), else
+    /// `ARCA_KEY_PASSPHRASE`.
+    pub fn passphrase(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(path) = &self.key_passphrase_file {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| anyhow::anyhow!("key-passphrase-file {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            anyhow::ensure!(
+                mode & 0o077 == 0,
+                "key-passphrase-file {} has mode {:o}; it must be readable by its owner only: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+            let mut p = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("key-passphrase-file {}: {e}", path.display()))?;
+            while p.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                p.pop();
+            }
+            anyhow::ensure!(
+                !p.is_empty(),
+                "key-passphrase-file {} is empty",
+                path.display()
+            );
+            return Ok(Some(p));
+        }
+        Ok(std::env::var_os("ARCA_KEY_PASSPHRASE")
+            .filter(|p| !p.is_empty())
+            .map(|p| p.into_encoded_bytes()))
+    }
+
     /// Credentials of the NATS connection.
     pub fn credentials(&self) -> anyhow::Result<arca_runtime::nats::Credentials> {
         arca_runtime::nats::Credentials::from_files(self.identity_file.as_deref(), self.tls.clone())
@@ -100,6 +146,32 @@ struct Media {
     gate: Gate,
 }
 
+/// Rewrites the key file sealed by `passphrase`, or without one; the
+/// key file is opened with the configured passphrase. The key itself,
+/// and so the repository, is unchanged.
+pub fn reseal_key_file(config: &Config, passphrase: Option<&[u8]>) -> anyhow::Result<()> {
+    let path = config.key_file_path();
+    anyhow::ensure!(
+        path.exists(),
+        "key file {} does not exist (the media service creates it on its first start)",
+        path.display()
+    );
+    let current = config.passphrase()?;
+    let keys = arca_repo::Keys::load_or_create(&path, current.as_deref())?;
+    keys.write_key_file(&path, passphrase, true)?;
+    Ok(())
+}
+
+/// Opens the key file, if it exists, with the configured passphrase.
+pub fn check_key_file(config: &Config) -> anyhow::Result<()> {
+    let path = config.key_file_path();
+    if path.exists() {
+        let passphrase = config.passphrase()?;
+        arca_repo::Keys::load_or_create(&path, passphrase.as_deref())?;
+    }
+    Ok(())
+}
+
 /// Pause of data requests after which media returns free memory.
 const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -111,14 +183,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     arca_runtime::ensure_name("media id", &config.id)?;
     let gate = Gate::new(&config.scheduler_key)?;
-    let key_file = config
-        .key_file
-        .clone()
-        .unwrap_or_else(|| config.repository.join("key"));
+    let key_file = config.key_file_path();
+    let passphrase = config.passphrase()?;
+    if passphrase.is_some() && arca_repo::crypto::key_file_sealed(&key_file) == Some(false) {
+        tracing::warn!(key_file = %key_file.display(), "a passphrase is configured but the key file is not sealed by it; seal it with `arca-media --config FILE --seal-key`");
+    }
     let repository = config.repository.clone();
     let pack_size = config.pack_size_mib << 20;
     let (repo, report) = tokio::task::spawn_blocking(move || {
-        Repository::open_or_init(&repository, &key_file, pack_size)
+        Repository::open_or_init_sealed(&repository, &key_file, passphrase.as_deref(), pack_size)
     })
     .await??;
     if report.recovered_packs > 0 || report.scanned_packs > 0 {

@@ -563,3 +563,106 @@ async fn a_prune_killed_at_any_point_leaves_a_repository_that_verifies_clean() {
     .unwrap();
     assert_eq!(dry.chunks_removed, 0, "{dry:#?}");
 }
+
+/// Runs `arca-media --config <stack>/media.toml` with `args` and `env`.
+fn media_command(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(arca_testkit::bin_path("arca-media"));
+    cmd.arg("--config")
+        .arg(stack.dir().join("media.toml"))
+        .args(args)
+        .env_remove("ARCA_KEY_PASSPHRASE")
+        .env_remove("ARCA_NEW_KEY_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_sealed_by_a_passphrase_is_needed_to_start_and_can_be_resealed() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let key = stack.repo_dir().join("key");
+    let plain = std::fs::read_to_string(&key).unwrap();
+    let master = plain.split_whitespace().nth(1).unwrap().to_owned();
+    let snap = backed_up(&mut stack, data.path(), "sealed").await;
+
+    // Sealed in place by the configured passphrase: the key is no longer
+    // in the file, and media starts only with the passphrase.
+    let pass = stack.dir().join("passphrase");
+    std::fs::write(&pass, "correct horse battery\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    stack.kill("media");
+    let config = std::fs::read_to_string(stack.dir().join("media.toml")).unwrap();
+    let with_pass = format!("key-passphrase-file = \"{}\"\n{config}", pass.display());
+    stack.write("media.toml", &with_pass).unwrap();
+    let (ok, text) = media_command(&stack, &["--seal-key"], &[]);
+    assert!(ok, "{text}");
+    let sealed = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        sealed.starts_with("arca-repository-key-sealed-v1"),
+        "{sealed}"
+    );
+    assert!(
+        !sealed.contains(&master),
+        "the key is still readable in the file"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    stack.restart("media").await.unwrap();
+    let target = data.path().join("restored");
+    let job = stack.restore(&snap, Some(&target)).await.unwrap();
+    assert_eq!(
+        stack.wait_job(job).await.unwrap().1.status,
+        JobStatus::Succeeded
+    );
+    let src = data.path().join("sealed");
+    compare(&src, &target.join(src.strip_prefix("/").unwrap())).unwrap();
+
+    // Without the passphrase, or with another, media refuses to start
+    // and says what is missing.
+    stack.kill("media");
+    stack.write("media.toml", &config).unwrap();
+    let (ok, text) = media_command(&stack, &[], &[]);
+    assert!(!ok);
+    assert!(text.contains("sealed by a passphrase"), "{text}");
+    let (ok, text) = media_command(&stack, &[], &[("ARCA_KEY_PASSPHRASE", "wrong")]);
+    assert!(!ok);
+    assert!(text.contains("passphrase does not open"), "{text}");
+
+    // Resealed by a new passphrase (given in the environment), then back
+    // to no passphrase: the same key opens the same repository.
+    stack.write("media.toml", &with_pass).unwrap();
+    let (ok, text) = media_command(
+        &stack,
+        &["--seal-key"],
+        &[("ARCA_NEW_KEY_PASSPHRASE", "staple")],
+    );
+    assert!(ok, "{text}");
+    stack.write("media.toml", &config).unwrap();
+    let (ok, text) = media_command(
+        &stack,
+        &["--unseal-key"],
+        &[("ARCA_KEY_PASSPHRASE", "staple")],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        Some(master.as_str())
+    );
+    stack.restart("media").await.unwrap();
+    let report = verify(&stack, true).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+}

@@ -14,7 +14,6 @@
 //! snapshot is committed only after every acknowledgement has arrived.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -396,13 +395,12 @@ impl Parent {
     /// in walk order; nodes before `path` are dropped. A tree chunk that
     /// cannot be read ends the parent (the rest of the files are read).
     fn get(&mut self, path: &[u8]) -> Option<&Node> {
-        let want = Path::new(OsStr::from_bytes(path));
         loop {
             if self.nodes.is_empty() && !self.next_batch() {
                 return None;
             }
             let front = self.nodes.front()?;
-            match Path::new(OsStr::from_bytes(&front.path)).cmp(want) {
+            match path_order(&front.path, path) {
                 std::cmp::Ordering::Less => {
                     self.nodes.pop_front();
                 }
@@ -444,6 +442,14 @@ impl Parent {
     }
 }
 
+/// The order of two paths as [`Path`] orders them (component by
+/// component), for paths as the walk makes them (no `.`, no doubled or
+/// trailing `/`): bytes in order, with `/` before any other byte.
+fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.iter().map(key).cmp(b.iter().map(key))
+}
+
 /// Asks media which chunks it already holds, from the reader threads.
 #[derive(Clone)]
 struct HasAsker {
@@ -481,7 +487,7 @@ const PENDING_CHUNKS: usize = 256;
 const PENDING_BYTES: usize = 4 << 20;
 
 /// Threads listing folders ahead of the walk.
-const PREFETCH_THREADS: usize = 4;
+const PREFETCH_THREADS: usize = 8;
 
 /// Files handed to the readers and not yet put into the tree, at most: the
 /// walker waits for the oldest when there are more.
@@ -979,7 +985,13 @@ impl Reader<'_> {
         while let Some(path) = stack.pop() {
             let bytes = path.as_os_str().as_bytes();
             let rule = self.rule(&path);
-            if self.filter.excluded(bytes) || rule == postgresql::Rule::Omit {
+            // Below the root, the folders above were checked on the way.
+            let excluded = if path == root {
+                self.filter.excluded(bytes)
+            } else {
+                self.filter.excluded_here(bytes)
+            };
+            if excluded || rule == postgresql::Rule::Omit {
                 continue;
             }
             let md = match std::fs::symlink_metadata(&path) {
@@ -1004,14 +1016,18 @@ impl Reader<'_> {
                 }
                 match std::fs::read_dir(&path) {
                     Ok(entries) => {
-                        let mut names: Vec<PathBuf> =
-                            entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                        let mut names: Vec<std::ffi::OsString> = entries
+                            .filter_map(|e| e.ok())
+                            .map(|e| e.file_name())
+                            .collect();
                         if self.exclude_caches && is_cache_dir(&path) {
-                            names.retain(|n| n.file_name() == Some(OsStr::new("CACHEDIR.TAG")));
+                            names.retain(|n| n == "CACHEDIR.TAG");
                         }
-                        // Popped from the end: reverse order visits names ascending.
-                        names.sort_by(|a, b| b.cmp(a));
-                        stack.extend(names);
+                        // Names of one folder sort as their paths do.
+                        // Popped from the end: reverse order visits names
+                        // ascending.
+                        names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+                        stack.extend(names.into_iter().map(|n| path.join(n)));
                     }
                     Err(e) if self.vanished(&path, &e) => {}
                     Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
@@ -1399,6 +1415,35 @@ mod tests {
             let kept = later.iter().filter(|(o, l)| after.contains(&(o + shift, *l))).count();
             prop_assert!(later.len() > 50);
             prop_assert!(kept * 100 >= later.len() * 99, "only {kept} of {} later chunks kept", later.len());
+        }
+    }
+
+    #[test]
+    fn paths_are_ordered_as_components_are() {
+        let paths: &[&str] = &[
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/a-b",
+            "/a.b",
+            "/a/b-c",
+            "/a/b.c",
+            "/a/bc",
+            "/ab",
+            "/a b",
+            "/a/\u{e9}",
+            "/z",
+            "/a/b/c/d-e/f",
+            "/a/b/c/d/e",
+        ];
+        for a in paths {
+            for b in paths {
+                assert_eq!(
+                    path_order(a.as_bytes(), b.as_bytes()),
+                    Path::new(a).cmp(Path::new(b)),
+                    "{a} vs {b}"
+                );
+            }
         }
     }
 

@@ -73,7 +73,7 @@ impl Patterns {
 
     /// True when `path` or one of the folders above it matches.
     fn matches_within(&self, path: &[u8]) -> bool {
-        ancestors(path).any(|p| self.matches_exactly(p))
+        !self.is_empty() && ancestors(path).any(|p| self.matches_exactly(p))
     }
 }
 
@@ -111,6 +111,12 @@ impl Filter {
     /// exclude pattern).
     pub fn excluded(&self, path: &[u8]) -> bool {
         self.exclude.matches_within(path)
+    }
+
+    /// True when `path` itself matches an exclude pattern: enough for an
+    /// entry of a folder that was not excluded.
+    pub fn excluded_here(&self, path: &[u8]) -> bool {
+        !self.exclude.is_empty() && self.exclude.matches_exactly(path)
     }
 
     /// True when `path` is taken: not excluded, and included when include

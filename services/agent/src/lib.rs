@@ -56,7 +56,8 @@ pub struct Config {
     /// TLS settings of the NATS connection.
     #[serde(default)]
     pub tls: Option<arca_runtime::nats::TlsFiles>,
-    /// Chunks sent or fetched without acknowledgement at most.
+    /// Requests to media (each a batch of chunks) sent without an answer
+    /// yet, at most.
     #[serde(default = "default_window")]
     pub window: usize,
     /// Files read at the same time during a backup (a disk answers

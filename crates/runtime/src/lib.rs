@@ -35,8 +35,10 @@ pub fn ensure_name(what: &str, name: &str) -> anyhow::Result<()> {
 pub const BLOCKING_THREADS: usize = 4;
 
 /// The runtime a service runs on: a thread per CPU and a blocking pool of
-/// [`BLOCKING_THREADS`].
+/// [`BLOCKING_THREADS`], over a heap of [`memory::ARENAS`] arenas. Call it
+/// first thing in `main`, before any other thread starts.
 pub fn service_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()

@@ -10,8 +10,8 @@
 /// Arenas of a service's heap (glibc's default is 8 per CPU).
 pub const ARENAS: i32 = 2;
 
-/// Limits the heap to [`ARENAS`] arenas; call it first thing in `main`,
-/// before other threads start. Does nothing off glibc.
+/// Limits the heap to [`ARENAS`] arenas; call it before other threads
+/// start ([`crate::service_runtime`] does). Does nothing off glibc.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn limit_arenas() {

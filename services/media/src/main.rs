@@ -24,7 +24,6 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    arca_runtime::memory::limit_arenas();
     arca_runtime::service_runtime()?.block_on(serve())
 }
 

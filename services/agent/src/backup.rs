@@ -625,6 +625,27 @@ enum Slot {
     },
 }
 
+/// Hashes a chunk of a file, notes it in the file's lists, counts it and
+/// queues it in `sink`.
+fn take_chunk(
+    key: &[u8; 32],
+    data: Vec<u8>,
+    chunks: &mut Vec<ChunkId>,
+    sizes: &mut Vec<u32>,
+    sink: &mut ChunkSink,
+    progress: &Mutex<Progress>,
+) -> Result<(), ErrorReply> {
+    let id = frame::chunk_id(key, &data);
+    chunks.push(id);
+    sizes.push(data.len() as u32);
+    {
+        let mut pr = progress.lock().expect("progress lock");
+        pr.stats.bytes += data.len() as u64;
+        pr.stats.chunks += 1;
+    }
+    sink.send(id, data, false)
+}
+
 /// Reads, cuts and hashes one file; its chunks go to `sink`.
 fn read_file(
     path: &Path,
@@ -657,15 +678,7 @@ fn read_file(
             Err(e) => return failed("read failed", e),
         };
         size += data.len() as u64;
-        let id = frame::chunk_id(key, &data);
-        chunks.push(id);
-        sizes.push(data.len() as u32);
-        {
-            let mut pr = progress.lock().expect("progress lock");
-            pr.stats.bytes += data.len() as u64;
-            pr.stats.chunks += 1;
-        }
-        sink.send(id, data, false)?;
+        take_chunk(key, data, &mut chunks, &mut sizes, sink, progress)?;
     }
     // Changed while read: the content may mix old and new bytes.
     let now = file
@@ -1211,15 +1224,14 @@ impl Reader<'_> {
         chunks: &mut Vec<ChunkId>,
         sizes: &mut Vec<u32>,
     ) -> Result<(), ErrorReply> {
-        let id = frame::chunk_id(&self.key, &data);
-        chunks.push(id);
-        sizes.push(data.len() as u32);
-        {
-            let mut pr = self.progress.lock().expect("progress lock");
-            pr.stats.bytes += data.len() as u64;
-            pr.stats.chunks += 1;
-        }
-        self.sink.send(id, data, false)
+        take_chunk(
+            &self.key,
+            data,
+            chunks,
+            sizes,
+            &mut self.sink,
+            self.progress,
+        )
     }
 
     fn remember_link(&mut self, key: Option<(u64, u64)>, n: &Node) {

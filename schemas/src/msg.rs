@@ -487,6 +487,11 @@ pub struct TransferAccepted {
 pub struct GetTransferStatus {
     /// Job id.
     pub job: JobId,
+    /// Answer as soon as the transfer ends, or after this many
+    /// milliseconds (the agent caps it at a few seconds) while it runs;
+    /// 0 (the default) answers at once.
+    #[serde(default)]
+    pub wait_ms: u32,
 }
 
 /// Answer to [`GetTransferStatus`].

@@ -148,6 +148,16 @@ pub fn version_supported(version: &str) -> bool {
     parse_version(version).is_some_and(|v| v >= MIN_NATS_SERVER)
 }
 
+/// How long to wait before connection attempt `attempt` (counted from 1,
+/// and again from 1 after each lost connection): the first at once, then a
+/// bounded, short back-off, since an agent behind a closed firewall must be
+/// present within seconds of its window opening. The client asks before
+/// every attempt, the first included, so anything but zero for the first
+/// delays every command's start.
+fn reconnect_delay(attempt: usize) -> Duration {
+    Duration::from_millis((250 * attempt.saturating_sub(1) as u64).min(2_000))
+}
+
 /// Connects as `name`, retrying the first connection for a while, and checks
 /// the server version.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
@@ -175,11 +185,7 @@ pub async fn connect_with(
     let options = options
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))
-        // Bounded, short back-off: an agent behind a closed firewall must be
-        // present within seconds of its window opening.
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((250 * attempt as u64).min(2_000))
-        });
+        .reconnect_delay_callback(reconnect_delay);
     let client = options
         .connect(url)
         .await
@@ -218,9 +224,7 @@ pub async fn connect_patiently(
         // A connection cut by a closing window is noticed within about
         // three ping intervals, and reconnecting starts.
         .ping_interval(Duration::from_secs(10))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((250 * attempt as u64).min(2_000))
-        });
+        .reconnect_delay_callback(reconnect_delay);
     let client = options
         .connect(url)
         .await
@@ -269,5 +273,13 @@ mod tests {
         assert!(version_supported("2.15.1"));
         assert!(version_supported("3.0.0-beta"));
         assert!(!version_supported("garbage"));
+    }
+
+    #[test]
+    fn the_first_attempt_is_not_delayed_and_later_ones_are_bounded() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(250));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(100), Duration::from_secs(2));
     }
 }

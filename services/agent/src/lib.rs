@@ -222,7 +222,12 @@ struct Agent {
     apps: Mutex<HashMap<JobId, Arc<application::JobApps>>>,
     transfers: Mutex<HashMap<JobId, Arc<Mutex<Progress>>>>,
     tasks: Mutex<HashMap<JobId, tokio::task::AbortHandle>>,
+    /// Woken whenever a transfer ends, for status questions that wait.
+    ended: tokio::sync::Notify,
 }
+
+/// The longest a status question waits for its transfer to end.
+const STATUS_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
@@ -243,6 +248,7 @@ pub async fn run(
         apps: Mutex::new(HashMap::new()),
         transfers: Mutex::new(HashMap::new()),
         tasks: Mutex::new(HashMap::new()),
+        ended: tokio::sync::Notify::new(),
         config,
     });
     let mut requests = client
@@ -367,7 +373,7 @@ impl Agent {
                     r => respond(c, &msg, r).await,
                 }
             }
-            Some(AgentVerb::Status) => respond(c, &msg, self.status(&msg.payload)).await,
+            Some(AgentVerb::Status) => respond(c, &msg, self.status(&msg.payload).await).await,
             Some(AgentVerb::Cancel) => respond(c, &msg, self.cancel(&msg.payload)).await,
             None => {
                 let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
@@ -557,6 +563,7 @@ impl Agent {
             tracing::info!(%job, snapshot = ?outcome.snapshot, error = ?outcome.error, "backup transfer ended");
             tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
             progress.lock().expect("progress lock").outcome = Some(outcome);
+            me.ended.notify_waiters();
         });
         self.tasks
             .lock()
@@ -595,6 +602,7 @@ impl Agent {
             tracing::info!(%job, error = ?outcome.error, files_failed = outcome.file_errors.len(), "restore transfer ended");
             tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
             progress.lock().expect("progress lock").outcome = Some(outcome);
+            me.ended.notify_waiters();
         });
         self.tasks
             .lock()
@@ -635,22 +643,48 @@ impl Agent {
                 "the transfer was cancelled; no snapshot was committed",
             )),
         });
+        drop(p);
+        self.ended.notify_waiters();
         Ok(TransferCancelled { stopped: true })
     }
 
-    fn status(&self, payload: &[u8]) -> Result<TransferState, ErrorReply> {
+    /// How the job's transfer is going; with `wait-ms`, answered as soon
+    /// as it ends or when that time (at most [`STATUS_WAIT_MAX`]) passed.
+    async fn status(&self, payload: &[u8]) -> Result<TransferState, ErrorReply> {
         let req: GetTransferStatus = decode_request(payload)?;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(req.wait_ms.into()).min(STATUS_WAIT_MAX);
+        loop {
+            // Registered before looking, so that an end between the look
+            // and the wait is not missed.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let state = self.transfer_state(req.job);
+            if !matches!(state, TransferState::Running { .. })
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(state);
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    fn transfer_state(&self, job: JobId) -> TransferState {
         let transfers = self.transfers.lock().expect("transfers lock");
-        let Some(p) = transfers.get(&req.job) else {
-            return Ok(TransferState::Unknown);
+        let Some(p) = transfers.get(&job) else {
+            return TransferState::Unknown;
         };
         let p = p.lock().expect("progress lock");
-        Ok(match &p.outcome {
+        match &p.outcome {
             Some(o) => TransferState::Done(o.clone()),
             None => TransferState::Running {
                 stats: p.stats.clone(),
                 current: p.current.clone(),
             },
-        })
+        }
     }
 }

@@ -40,6 +40,13 @@ use tokio::sync::watch;
 
 use crate::Scheduler;
 
+/// How long the agent may hold a transfer status question while the
+/// transfer runs: its end is answered at once.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// The least time between two status questions.
+const POLL_PAUSE: Duration = Duration::from_millis(250);
+
 /// A step failed (or was cancelled): which, and why.
 struct StepError {
     step: &'static str,
@@ -769,35 +776,62 @@ impl Driver {
         // every two seconds.
         let mut last_event: Option<Instant> = None;
         let mut stopping = false;
-        let req = GetTransferStatus { job: self.rec.id };
+        // The agent answers when the transfer ends or after STATUS_WAIT, so
+        // the end is noticed at once; asks are at least POLL_PAUSE apart
+        // (an agent that answers at once, an error).
+        let req = GetTransferStatus {
+            job: self.rec.id,
+            wait_ms: STATUS_WAIT.as_millis() as u32,
+        };
+        let mut pause = Duration::ZERO;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = cancelled(self.cancel.clone()), if !stopping => {
-                    stopping = true;
-                    self.note_cancel().await;
-                    let cancel = CancelTransfer { job: self.rec.id };
-                    let token = self.token(&system.name, Grant::default());
-                    let r: Result<TransferCancelled, RpcError> = rpc::retry(Duration::from_secs(10), || {
-                        rpc::request_signed(&client, subject::agent(&system.name, AgentVerb::Cancel), &cancel, rpc::DEFAULT_TIMEOUT, &token)
+            let cancel_now = tokio::select! {
+                biased;
+                _ = cancelled(self.cancel.clone()), if !stopping => true,
+                _ = tokio::time::sleep(pause) => false,
+            };
+            if cancel_now {
+                stopping = true;
+                self.note_cancel().await;
+                let cancel = CancelTransfer { job: self.rec.id };
+                let token = self.token(&system.name, Grant::default());
+                let r: Result<TransferCancelled, RpcError> =
+                    rpc::retry(Duration::from_secs(10), || {
+                        rpc::request_signed(
+                            &client,
+                            subject::agent(&system.name, AgentVerb::Cancel),
+                            &cancel,
+                            rpc::DEFAULT_TIMEOUT,
+                            &token,
+                        )
                     })
                     .await;
-                    match r {
-                        Ok(r) => tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer cancel answered"),
-                        Err(e) => {
-                            tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm the cancel");
-                            return Err(StepError::cancelled("transferred"));
-                        }
+                match r {
+                    Ok(r) => {
+                        tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer cancel answered")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm the cancel");
+                        return Err(StepError::cancelled("transferred"));
                     }
                 }
             }
-            let r: Result<TransferState, RpcError> = rpc::request_with_timeout(
+            let asked = Instant::now();
+            let ask = rpc::request_with_timeout::<_, TransferState>(
                 &client,
                 subject::agent(&system.name, AgentVerb::Status),
                 &req,
-                Duration::from_secs(5),
-            )
-            .await;
+                Duration::from_secs(5) + STATUS_WAIT,
+            );
+            let r = tokio::select! {
+                r = ask => r,
+                // Asked to cancel while waiting: cancel first, then ask again.
+                _ = cancelled(self.cancel.clone()), if !stopping => {
+                    pause = Duration::ZERO;
+                    continue;
+                }
+            };
+            pause = POLL_PAUSE.saturating_sub(asked.elapsed());
             match r {
                 Ok(TransferState::Done(outcome)) => {
                     if stopping && outcome.snapshot.is_none() {

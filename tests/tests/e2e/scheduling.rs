@@ -2,13 +2,18 @@
 //! other in priority order, or overlap under `max-parallel 2`; a cancel
 //! during the transfer still runs the post hook, closes the window and
 //! leaves no snapshot; a schedule fires by itself, and instants missed while
-//! the scheduler was down do not run as a burst when it is back.
+//! the scheduler was down do not run as a burst when it is back. The agent
+//! holds a status question until the transfer ends (or the asked wait
+//! passes), so that a job's end is noticed at once.
 
 use std::time::Duration;
 
 use arca_e2e::{AgentUser, Stack, kinds, sh_hook, system};
+use arca_runtime::rpc;
 use arca_schemas::event::{EventDetail, JobEvent};
 use arca_schemas::job::Trigger;
+use arca_schemas::msg::{GetTransferStatus, TransferState};
+use arca_schemas::subject::{self, AgentVerb};
 use arca_schemas::system::ScheduleSpec;
 use arca_schemas::{BackupType, JobStatus};
 
@@ -131,6 +136,77 @@ async fn cancel_during_transfer_runs_the_post_hook_closes_the_window_and_keeps_n
     assert!(stack.media_snapshots("cx").await.unwrap().is_empty());
     let (_, queued) = stack.wait_job(waiting).await.unwrap();
     assert_eq!(queued.status, JobStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_question_is_held_while_the_transfer_runs_and_answered_at_its_end() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    arca_testkit::tree::write_pseudo_random(&data.path().join("big"), 400_000_000, 12).unwrap();
+    stack
+        .load_systems(vec![system("sw", &[data.path()])])
+        .await
+        .unwrap();
+    stack.start_agent("sw", AgentUser::Same).await.unwrap();
+    let job = stack.backup(&["sw"]).await.unwrap()[0];
+    stack.wait_first_chunk().await;
+
+    let wait = Duration::from_millis(400);
+    let ask = |wait: Duration| {
+        let client = stack.client.clone();
+        async move {
+            let asked = tokio::time::Instant::now();
+            let s: TransferState = rpc::request_with_timeout(
+                &client,
+                subject::agent("sw", AgentVerb::Status),
+                &GetTransferStatus {
+                    job,
+                    wait_ms: wait.as_millis() as u32,
+                },
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            (s, asked.elapsed())
+        }
+    };
+    // A job the agent does not know is not waited for.
+    let unknown: TransferState = rpc::request(
+        &stack.client,
+        subject::agent("sw", AgentVerb::Status),
+        &GetTransferStatus {
+            job: arca_schemas::JobId::new(),
+            wait_ms: 60_000,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown, TransferState::Unknown);
+    let mut held = 0;
+    let outcome = loop {
+        match ask(wait).await {
+            (TransferState::Running { .. }, took) => {
+                assert!(
+                    took >= wait,
+                    "a running transfer's status was answered after {took:?}, before the {wait:?} asked for"
+                );
+                held += 1;
+            }
+            (TransferState::Done(o), _) => break o,
+            (TransferState::Unknown, _) => panic!("the agent forgot the transfer"),
+        }
+    };
+    assert!(
+        held > 0,
+        "400 MB were transferred before one status question"
+    );
+    assert!(outcome.error.is_none(), "{outcome:?}");
+    assert!(outcome.snapshot.is_some());
+    // An ended transfer is answered with its outcome, whatever the wait.
+    let (again, _) = ask(Duration::from_secs(60)).await;
+    assert_eq!(again, TransferState::Done(outcome));
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

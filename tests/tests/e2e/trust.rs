@@ -508,7 +508,10 @@ async fn a_restore_onto_another_system_needs_the_override_and_is_audited() {
         let s: TransferState = rpc::request(
             &stack.client,
             subject::agent("rb", AgentVerb::Status),
-            &GetTransferStatus { job: start2.job },
+            &GetTransferStatus {
+                job: start2.job,
+                wait_ms: 0,
+            },
         )
         .await
         .unwrap();

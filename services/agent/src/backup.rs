@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use arca_schemas::system::Selection;
 
 use crate::Progress;
 use crate::application::{Addition, JobApps, postgresql};
-use crate::meta::{self, Names};
+use crate::meta::{self, Names, Stat};
 use crate::select::Filter;
 
 /// How the reader cuts and compresses.
@@ -445,7 +445,7 @@ impl Parent {
 /// The order of two paths as [`Path`] orders them (component by
 /// component), for paths as the walk makes them (no `.`, no doubled or
 /// trailing `/`): bytes in order, with `/` before any other byte.
-fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub(crate) fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let key = |c: &u8| if *c == b'/' { 0 } else { *c };
     a.iter().map(key).cmp(b.iter().map(key))
 }
@@ -605,7 +605,7 @@ enum FileRead {
         sizes: Vec<u32>,
         size: u64,
         /// The metadata of the file as opened.
-        md: Box<std::fs::Metadata>,
+        md: Stat,
         /// Size or mtime differed after reading.
         changed: bool,
     },
@@ -690,7 +690,7 @@ fn read_file(
         chunks,
         sizes,
         size,
-        md: Box::new(md),
+        md: Stat::from(&md),
         changed,
     })
 }
@@ -782,7 +782,8 @@ fn read_all(
         .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
     let ahead = Filter::new(&selection.filter)
         .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
-    let skip = move |path: &[u8]| ahead.excluded(path);
+    let excludes = ahead.excludes_anything();
+    let skip = move |path: &[u8]| ahead.excluded_here(path);
     let roots: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let walked_all = std::sync::atomic::AtomicBool::new(false);
     let sink = ChunkSink {
@@ -807,7 +808,7 @@ fn read_all(
                 let listed = crate::prefetch::run(
                     roots,
                     PREFETCH_THREADS,
-                    skip,
+                    excludes.then_some(skip as crate::prefetch::Skip<'_>),
                     one_file_system,
                     walked_all,
                 );
@@ -872,6 +873,65 @@ fn read_all(
     })
 }
 
+/// Bytes of folder entries read at once.
+const LIST_BUFFER: usize = 32 << 10;
+
+/// Folders above the current entry held open, at most.
+const OPEN_FOLDERS: usize = 64;
+
+/// A folder being walked: its names listed and sorted, and while the walk
+/// is not too deep, open.
+struct Folder {
+    fd: Option<rustix::fd::OwnedFd>,
+    path: Vec<u8>,
+    /// The names, each followed by its NUL.
+    names: Vec<u8>,
+    /// Where each name is in `names`, in the byte order of the names.
+    spans: Vec<(usize, usize)>,
+    /// The next span to visit.
+    next: usize,
+}
+
+impl Folder {
+    /// Lists the open folder `fd` at `path`, reading entries into `buf`.
+    fn list(
+        fd: rustix::fd::OwnedFd,
+        path: Vec<u8>,
+        buf: &mut Vec<std::mem::MaybeUninit<u8>>,
+    ) -> std::io::Result<Folder> {
+        buf.resize(LIST_BUFFER, std::mem::MaybeUninit::uninit());
+        let mut names = Vec::new();
+        let mut spans = Vec::new();
+        let mut entries = rustix::fs::RawDir::new(&fd, buf.as_mut_slice());
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes_with_nul();
+            if name == b".\0" || name == b"..\0" {
+                continue;
+            }
+            let start = names.len();
+            names.extend_from_slice(name);
+            spans.push((start, names.len()));
+        }
+        // Names of one folder sort as their paths do (a NUL sorts first,
+        // as the end of a shorter name does).
+        spans.sort_unstable_by(|a, b| names[a.0..a.1].cmp(&names[b.0..b.1]));
+        Ok(Folder {
+            fd: Some(fd),
+            path,
+            names,
+            spans,
+            next: 0,
+        })
+    }
+
+    /// Keeps only the entry `name`, if there is one.
+    fn keep_only(&mut self, name: &[u8]) {
+        let names = &self.names;
+        self.spans.retain(|&(s, e)| &names[s..e - 1] == name);
+    }
+}
+
 impl Reader<'_> {
     /// Walks every configured path, then what the applications add; every
     /// file is in the tree batches when it returns.
@@ -913,7 +973,7 @@ impl Reader<'_> {
             match a {
                 Addition::Bytes { path, data } => self.bytes(&path, data)?,
                 Addition::File(path) => match std::fs::symlink_metadata(&path) {
-                    Ok(md) => self.file(&path, &md)?,
+                    Ok(md) => self.file(&path, &Stat::from(&md))?,
                     // Missing, it would make the snapshot lie: no snapshot.
                     Err(e) => {
                         return Err(ErrorReply::internal(format!(
@@ -962,7 +1022,7 @@ impl Reader<'_> {
             let chunk = chunk.map_err(|e| ErrorReply::internal(e.to_string()))?;
             self.take_chunk(chunk.data, &mut chunks, &mut sizes)?;
         }
-        let mut n = self.node(folder, NodeKind::File { chunks, sizes }, &md);
+        let mut n = self.node(folder, NodeKind::File { chunks, sizes }, &Stat::from(&md));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -993,94 +1053,158 @@ impl Reader<'_> {
             .file_warned(path, warning);
     }
 
+    /// Walks `root` depth first, names of a folder in byte order: the
+    /// order of the tree. Entries are read relative to their open folder,
+    /// so a deep path is not looked up again for every entry in it.
     fn walk(&mut self, root: &Path, root_dev: u64) -> Result<(), ErrorReply> {
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(path) = stack.pop() {
-            let bytes = path.as_os_str().as_bytes();
-            let rule = self.rule(&path);
-            // Below the root, the folders above were checked on the way.
-            let excluded = if path == root {
-                self.filter.excluded(bytes)
-            } else {
-                self.filter.excluded_here(bytes)
+        let root_bytes = root.as_os_str().as_bytes();
+        let name = std::ffi::CString::new(root_bytes)
+            .map_err(|_| ErrorReply::bad_request("a configured path holds a NUL byte"))?;
+        let mut buf = Vec::with_capacity(LIST_BUFFER);
+        let mut stack: Vec<Folder> = Vec::new();
+        if let Some(f) = self.visit(
+            rustix::fs::CWD,
+            &name,
+            root_bytes.to_vec(),
+            true,
+            root_dev,
+            &mut buf,
+        )? {
+            stack.push(f);
+        }
+        while let Some(top) = stack.last_mut() {
+            let Some(&(start, end)) = top.spans.get(top.next) else {
+                stack.pop();
+                continue;
             };
-            if excluded || rule == postgresql::Rule::Omit {
-                continue;
+            top.next += 1;
+            let name = std::ffi::CStr::from_bytes_with_nul(&top.names[start..end])
+                .expect("names are stored with their NUL");
+            let mut path = Vec::with_capacity(top.path.len() + end - start);
+            path.extend_from_slice(&top.path);
+            if path.last() != Some(&b'/') {
+                path.push(b'/');
             }
-            let md = match std::fs::symlink_metadata(&path) {
-                Ok(md) => md,
-                Err(e) => {
-                    if !self.vanished(&path, &e) {
-                        self.file_error(&path, format!("cannot read metadata: {e}"));
-                    }
-                    continue;
+            path.extend_from_slice(name.to_bytes());
+            let found = match &top.fd {
+                Some(fd) => self.visit(fd, name, path, false, root_dev, &mut buf)?,
+                None => {
+                    let whole = std::ffi::CString::new(path.clone())
+                        .expect("a path made of NUL-free names");
+                    self.visit(rustix::fs::CWD, &whole, path, false, root_dev, &mut buf)?
                 }
             };
-            let ft = md.file_type();
-            if ft.is_dir() {
-                let n = self.node(&path, NodeKind::Dir, &md);
-                self.emit(Slot::Dir(n))?;
-                if self.one_file_system && md.dev() != root_dev {
-                    // A mount point: kept as an empty folder.
-                    continue;
+            if let Some(mut f) = found {
+                if stack.len() >= OPEN_FOLDERS {
+                    // Deeper than this, entries are read by their whole
+                    // path: the open folders stay few however deep the tree.
+                    f.fd = None;
                 }
-                if rule == postgresql::Rule::KeepFolderOnly {
-                    continue;
-                }
-                match std::fs::read_dir(&path) {
-                    Ok(entries) => {
-                        let mut names: Vec<std::ffi::OsString> = entries
-                            .filter_map(|e| e.ok())
-                            .map(|e| e.file_name())
-                            .collect();
-                        if self.exclude_caches && is_cache_dir(&path) {
-                            names.retain(|n| n == "CACHEDIR.TAG");
-                        }
-                        // Names of one folder sort as their paths do.
-                        // Popped from the end: reverse order visits names
-                        // ascending.
-                        names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-                        stack.extend(names.into_iter().map(|n| path.join(n)));
-                    }
-                    Err(e) if self.vanished(&path, &e) => {}
-                    Err(e) => self.file_error(&path, format!("cannot list folder: {e}")),
-                }
-                continue;
-            }
-            if !self.filter.takes(bytes) {
-                continue;
-            }
-            if ft.is_symlink() {
-                match std::fs::read_link(&path) {
-                    Ok(target) => {
-                        let kind = NodeKind::Symlink {
-                            target: target.as_os_str().as_bytes().to_vec(),
-                        };
-                        let n = self.node(&path, kind, &md);
-                        self.emit(Slot::Node(n))?;
-                    }
-                    Err(e) => self.file_error(&path, format!("cannot read link: {e}")),
-                }
-            } else if ft.is_file() {
-                self.file(&path, &md)?;
-            } else {
-                let kind = if ft.is_fifo() {
-                    NodeKind::Fifo
-                } else if ft.is_socket() {
-                    NodeKind::Socket
-                } else {
-                    NodeKind::Device { rdev: md.rdev() }
-                };
-                let n = self.node(&path, kind, &md);
-                self.progress.lock().expect("progress lock").stats.files += 1;
-                self.emit(Slot::Node(n))?;
+                stack.push(f);
             }
         }
         Ok(())
     }
 
+    /// Takes the entry `name` of the open folder `dir`, whose path is
+    /// `path`; returns a folder to walk into.
+    fn visit(
+        &mut self,
+        dir: impl std::os::fd::AsFd,
+        name: &std::ffi::CStr,
+        path: Vec<u8>,
+        is_root: bool,
+        root_dev: u64,
+        buf: &mut Vec<std::mem::MaybeUninit<u8>>,
+    ) -> Result<Option<Folder>, ErrorReply> {
+        use rustix::fs::FileType;
+        let p = Path::new(std::ffi::OsStr::from_bytes(&path));
+        let rule = self.rule(p);
+        // Below the root, the folders above were checked on the way.
+        let excluded = if is_root {
+            self.filter.excluded(&path)
+        } else {
+            self.filter.excluded_here(&path)
+        };
+        if excluded || rule == postgresql::Rule::Omit {
+            return Ok(None);
+        }
+        let st = match Stat::at(&dir, name) {
+            Ok(st) => st,
+            Err(e) => {
+                if !self.vanished(p, &e) {
+                    self.file_error(p, format!("cannot read metadata: {e}"));
+                }
+                return Ok(None);
+            }
+        };
+        let kind = st.file_type();
+        if kind == FileType::Directory {
+            let n = self.node(p, NodeKind::Dir, &st);
+            self.emit(Slot::Dir(n))?;
+            if self.one_file_system && st.dev != root_dev {
+                // A mount point: kept as an empty folder.
+                return Ok(None);
+            }
+            if rule == postgresql::Rule::KeepFolderOnly {
+                return Ok(None);
+            }
+            let listed = rustix::fs::openat(
+                &dir,
+                name,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|fd| Folder::list(fd, path.clone(), buf));
+            return match listed {
+                Ok(mut f) => {
+                    if self.exclude_caches && is_cache_dir(p) {
+                        f.keep_only(b"CACHEDIR.TAG");
+                    }
+                    Ok(Some(f))
+                }
+                Err(e) if self.vanished(p, &e) => Ok(None),
+                Err(e) => {
+                    self.file_error(p, format!("cannot list folder: {e}"));
+                    Ok(None)
+                }
+            };
+        }
+        if !self.filter.takes(&path) {
+            return Ok(None);
+        }
+        match kind {
+            FileType::Symlink => match rustix::fs::readlinkat(&dir, name, Vec::new()) {
+                Ok(target) => {
+                    let kind = NodeKind::Symlink {
+                        target: target.into_bytes(),
+                    };
+                    let n = self.node(p, kind, &st);
+                    self.emit(Slot::Node(n))?;
+                }
+                Err(e) => self.file_error(p, format!("cannot read link: {e}")),
+            },
+            FileType::RegularFile => self.file(p, &st)?,
+            _ => {
+                let kind = match kind {
+                    FileType::Fifo => NodeKind::Fifo,
+                    FileType::Socket => NodeKind::Socket,
+                    _ => NodeKind::Device { rdev: st.rdev },
+                };
+                let n = self.node(p, kind, &st);
+                self.progress.lock().expect("progress lock").stats.files += 1;
+                self.emit(Slot::Node(n))?;
+            }
+        }
+        Ok(None)
+    }
+
     /// A node with the metadata of `md`, names and extended attributes.
-    fn node(&mut self, path: &Path, kind: NodeKind, md: &std::fs::Metadata) -> Node {
+    fn node(&mut self, path: &Path, kind: NodeKind, st: &Stat) -> Node {
         let xattrs = match meta::read_xattrs(path) {
             Ok(x) => x,
             Err(e) => {
@@ -1091,17 +1215,17 @@ impl Reader<'_> {
         Node {
             path: path.as_os_str().as_bytes().to_vec(),
             kind,
-            mode: md.mode(),
-            uid: md.uid(),
-            gid: md.gid(),
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
+            mode: st.mode,
+            uid: st.uid,
+            gid: st.gid,
+            mtime: st.mtime,
+            mtime_nsec: st.mtime_nsec,
             size: 0,
-            ctime: md.ctime(),
-            ctime_nsec: md.ctime_nsec() as u32,
-            inode: md.ino(),
-            user: self.names.user(md.uid()),
-            group: self.names.group(md.gid()),
+            ctime: st.ctime,
+            ctime_nsec: st.ctime_nsec,
+            inode: st.ino,
+            user: self.names.user(st.uid),
+            group: self.names.group(st.gid),
             xattrs,
             hardlink: None,
             sparse: false,
@@ -1109,9 +1233,9 @@ impl Reader<'_> {
         }
     }
 
-    fn file(&mut self, path: &Path, md: &std::fs::Metadata) -> Result<(), ErrorReply> {
+    fn file(&mut self, path: &Path, st: &Stat) -> Result<(), ErrorReply> {
         let bytes = path.as_os_str().as_bytes();
-        let link_key = (md.nlink() > 1).then_some((md.dev(), md.ino()));
+        let link_key = (st.nlink > 1).then_some((st.dev, st.ino));
         // Another name of a file already taken: same chunks, not read again.
         if let Some(first) = link_key.and_then(|k| self.links.get(&k)) {
             let kind = NodeKind::File {
@@ -1119,14 +1243,14 @@ impl Reader<'_> {
                 sizes: first.sizes.clone(),
             };
             let (first_path, size) = (first.path.clone(), first.size);
-            let mut n = self.node(path, kind, md);
+            let mut n = self.node(path, kind, st);
             n.size = size;
             n.hardlink = Some(first_path);
             self.progress.lock().expect("progress lock").stats.files += 1;
             return self.emit(Slot::Node(n));
         }
         let reused = match self.parent.get(bytes) {
-            Some(before) if unchanged(before, md) => match &before.kind {
+            Some(before) if unchanged(before, st) => match &before.kind {
                 NodeKind::File { chunks, sizes } => {
                     Some((chunks.clone(), sizes.clone(), before.size, before.sparse))
                 }
@@ -1142,7 +1266,7 @@ impl Reader<'_> {
                 p.stats.chunks += chunks.len() as u64;
                 p.stats.unchanged_files += 1;
             }
-            let mut n = self.node(path, NodeKind::File { chunks, sizes }, md);
+            let mut n = self.node(path, NodeKind::File { chunks, sizes }, st);
             n.size = size;
             n.sparse = sparse;
             self.remember_link(link_key, &n);
@@ -1152,7 +1276,7 @@ impl Reader<'_> {
             // Read here, so that its later names find its chunks.
             let read = read_file(
                 path,
-                md.size(),
+                st.size,
                 &self.params,
                 &self.key,
                 &mut self.sink,
@@ -1167,7 +1291,7 @@ impl Reader<'_> {
         let (done, read) = std::sync::mpsc::sync_channel(1);
         let job = ReadJob {
             path: path.to_path_buf(),
-            size_hint: md.size(),
+            size_hint: st.size,
             done,
         };
         self.jobs
@@ -1199,14 +1323,14 @@ impl Reader<'_> {
             } => {
                 let mut n = self.node(path, NodeKind::File { chunks, sizes }, &md);
                 n.size = size;
-                n.sparse = md.blocks().saturating_mul(512) < md.size();
+                n.sparse = md.blocks.saturating_mul(512) < md.size;
                 if changed {
                     n.changed = true;
                     self.file_warning(
                         path,
                         format!(
                             "changed while it was read ({} bytes when opened, {size} read): the snapshot's copy may mix old and new content; quiesce the application with a hook, or back it up again",
-                            md.size()
+                            md.size
                         ),
                     );
                 }
@@ -1359,13 +1483,13 @@ fn is_cache_dir(dir: &Path) -> bool {
 }
 
 /// True when `now` is the same file, unchanged, as `before`.
-fn unchanged(before: &Node, now: &std::fs::Metadata) -> bool {
-    before.size == now.size()
-        && before.mtime == now.mtime()
-        && before.mtime_nsec == now.mtime_nsec() as u32
-        && before.ctime == now.ctime()
-        && before.ctime_nsec == now.ctime_nsec() as u32
-        && before.inode == now.ino()
+fn unchanged(before: &Node, now: &Stat) -> bool {
+    before.size == now.size
+        && before.mtime == now.mtime
+        && before.mtime_nsec == now.mtime_nsec
+        && before.ctime == now.ctime
+        && before.ctime_nsec == now.ctime_nsec
+        && before.inode == now.ino
 }
 
 #[cfg(test)]

@@ -11,6 +11,76 @@ use std::path::Path;
 use arca_schemas::tree::{Node, NodeKind, Xattr};
 use rustix::io::Errno;
 
+/// What the walk reads of an entry's inode: from `lstat` relative to its
+/// folder, or from an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    /// File type and permission bits.
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+}
+
+impl Stat {
+    /// The entry `name` of the open folder `dir`, not following a symlink.
+    pub fn at(dir: impl std::os::fd::AsFd, name: &std::ffi::CStr) -> std::io::Result<Stat> {
+        let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        // The field types differ between architectures.
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Ok(Stat {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            mode: st.st_mode as u32,
+            nlink: st.st_nlink as u64,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            rdev: st.st_rdev as u64,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            ctime: st.st_ctime as i64,
+            ctime_nsec: st.st_ctime_nsec as u32,
+        })
+    }
+
+    pub fn file_type(&self) -> rustix::fs::FileType {
+        rustix::fs::FileType::from_raw_mode(self.mode as _)
+    }
+}
+
+impl From<&std::fs::Metadata> for Stat {
+    fn from(md: &std::fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        Stat {
+            dev: md.dev(),
+            ino: md.ino(),
+            mode: md.mode(),
+            nlink: md.nlink(),
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: md.rdev(),
+            size: md.size(),
+            blocks: md.blocks(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            ctime: md.ctime(),
+            ctime_nsec: md.ctime_nsec() as u32,
+        }
+    }
+}
+
 /// Reads every extended attribute of `path` (not following a symlink),
 /// sorted by name. A file system without attributes gives none.
 pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, String> {
@@ -263,6 +333,26 @@ mod tests {
             owner_with(&node(Some("gone"), None), lookup, lookup),
             (1001, 2002)
         );
+    }
+
+    #[test]
+    fn a_stat_relative_to_a_folder_reads_what_lstat_reads() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"12345").unwrap();
+        symlink("f", dir.path().join("l")).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let fd = std::fs::File::open(dir.path()).unwrap();
+        for name in ["f", "l", "d"] {
+            let c = std::ffi::CString::new(name).unwrap();
+            let at = Stat::at(&fd, &c).unwrap();
+            let md = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+            assert_eq!(at, Stat::from(&md), "{name}");
+        }
+        let l = Stat::at(&fd, c"l").unwrap();
+        assert_eq!(l.file_type(), rustix::fs::FileType::Symlink);
+        assert_eq!(Stat::at(&fd, c"f").unwrap().size, 5);
+        assert!(Stat::at(&fd, c"missing").is_err());
     }
 
     #[test]

@@ -7,35 +7,73 @@
 //! and the walker mostly finds what it asks for in memory. They only read;
 //! what they find is not used otherwise.
 
-use std::os::unix::fs::MetadataExt;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use rustix::fs::{FileType, Mode, OFlags};
+
+use crate::meta::Stat;
+
+/// Bytes of folder entries read at once.
+const LIST_BUFFER: usize = 32 << 10;
+
+/// A folder to list, ordered as the walk meets folders: the threads list
+/// first what the walker will ask for first.
+#[derive(PartialEq, Eq)]
+struct Pending {
+    path: Vec<u8>,
+    dev: u64,
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Pending) -> std::cmp::Ordering {
+        crate::backup::path_order(&self.path, &other.path).then(self.dev.cmp(&other.dev))
+    }
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Pending) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// Folders still to list, and how many threads are listing one.
 struct Queue {
-    folders: Vec<(PathBuf, u64)>,
+    folders: BinaryHeap<Reverse<Pending>>,
     busy: usize,
     listed: usize,
 }
 
+/// What to leave out: true for a path the walk does not enter, given that
+/// the folders above it were entered.
+pub type Skip<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
+
 /// Lists folders from `roots` down on `threads` threads until every folder
-/// was listed or `stop` is set, and returns how many it listed. `skip`
-/// says which paths the walk leaves out; with `one_file_system` folders of
-/// other file systems are not entered.
+/// was listed or `stop` is set, and returns how many it listed. `skip`,
+/// when given, says which paths the walk leaves out; with
+/// `one_file_system` folders of other file systems are not entered.
 pub fn run(
     roots: &[PathBuf],
     threads: usize,
-    skip: &(dyn Fn(&[u8]) -> bool + Sync),
+    skip: Option<Skip<'_>>,
     one_file_system: bool,
     stop: &AtomicBool,
 ) -> usize {
     let folders = roots
         .iter()
         .filter_map(|r| {
-            std::fs::symlink_metadata(r)
-                .ok()
-                .map(|m| (r.clone(), m.dev()))
+            std::fs::symlink_metadata(r).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                Reverse(Pending {
+                    path: r.as_os_str().as_bytes().to_vec(),
+                    dev: m.dev(),
+                })
+            })
         })
         .collect();
     let queue = Mutex::new(Queue {
@@ -62,26 +100,25 @@ pub fn run(
 fn worker(
     queue: &Mutex<Queue>,
     wake: &Condvar,
-    skip: &(dyn Fn(&[u8]) -> bool + Sync),
+    skip: Option<Skip<'_>>,
     one_file_system: bool,
     stop: &AtomicBool,
 ) {
-    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); LIST_BUFFER];
+    let mut path = Vec::new();
     loop {
-        let (folder, dev) = {
+        let Pending { path: folder, dev } = {
             let mut q = queue.lock().expect("prefetch lock");
             loop {
                 if stop.load(Ordering::Relaxed) {
-                    wake.notify_all();
                     return;
                 }
-                if let Some(f) = q.folders.pop() {
+                if let Some(Reverse(f)) = q.folders.pop() {
                     q.busy += 1;
                     break f;
                 }
                 if q.busy == 0 {
                     // Nothing left and nobody listing: done.
-                    wake.notify_all();
                     return;
                 }
                 q = wake.wait(q).expect("prefetch lock");
@@ -89,28 +126,62 @@ fn worker(
         };
         let mut found = Vec::new();
         let mut listed = 0;
-        if let Ok(entries) = std::fs::read_dir(&folder) {
+        let opened = rustix::fs::openat(
+            rustix::fs::CWD,
+            folder.as_slice(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        if let Ok(fd) = opened {
             listed = 1;
-            for e in entries.flatten() {
+            let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
+            while let Some(Ok(entry)) = entries.next() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let path = e.path();
-                if skip(path.as_os_str().as_bytes()) {
+                let name = entry.file_name();
+                if matches!(name.to_bytes(), b"." | b"..") {
                     continue;
                 }
+                // The walk needs a path only for folders and patterns.
+                let path_of = |path: &mut Vec<u8>| {
+                    path.clear();
+                    path.extend_from_slice(&folder);
+                    if path.last() != Some(&b'/') {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(name.to_bytes());
+                };
+                if let Some(skip) = skip {
+                    path_of(&mut path);
+                    if skip(&path) {
+                        continue;
+                    }
+                }
                 // lstat relative to the open folder: reads the inode.
-                let Ok(md) = e.metadata() else { continue };
-                if md.is_dir() && (!one_file_system || md.dev() == dev) {
-                    found.push((path, dev));
+                let Ok(st) = Stat::at(&fd, name) else {
+                    continue;
+                };
+                if st.file_type() == FileType::Directory && (!one_file_system || st.dev == dev) {
+                    path_of(&mut path);
+                    found.push(Reverse(Pending {
+                        path: path.clone(),
+                        dev,
+                    }));
                 }
             }
         }
         let mut q = queue.lock().expect("prefetch lock");
         q.busy -= 1;
         q.listed += listed;
+        // One thread woken per folder found; all at the end.
+        for _ in 0..found.len() {
+            wake.notify_one();
+        }
         q.folders.extend(found);
-        wake.notify_all();
+        if stop.load(Ordering::Relaxed) || (q.folders.is_empty() && q.busy == 0) {
+            wake.notify_all();
+        }
     }
 }
 
@@ -132,8 +203,11 @@ mod tests {
         let skip = |p: &[u8]| p.starts_with(skipped.as_os_str().as_encoded_bytes());
         let stop = AtomicBool::new(false);
         // The root, a, a/b, a/b/c, a/d, e.
-        assert_eq!(run(&roots, 3, &skip, true, &stop), 6);
+        assert_eq!(run(&roots, 3, Some(&skip), true, &stop), 6);
+        // Without patterns: skipped, skipped/f and skipped/f/g too.
+        assert_eq!(run(&roots, 3, None, true, &stop), 9);
+        assert_eq!(run(&roots, 1, None, true, &stop), 9);
         stop.store(true, Ordering::Relaxed);
-        assert_eq!(run(&roots, 3, &skip, true, &stop), 0);
+        assert_eq!(run(&roots, 3, Some(&skip), true, &stop), 0);
     }
 }

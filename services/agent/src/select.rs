@@ -126,6 +126,11 @@ impl Filter {
         !self.excluded(path) && (self.include.is_empty() || self.include.matches_within(path))
     }
 
+    /// True when there are exclude patterns.
+    pub fn excludes_anything(&self) -> bool {
+        !self.exclude.is_empty()
+    }
+
     /// True when there are include patterns.
     pub fn has_includes(&self) -> bool {
         !self.include.is_empty()

@@ -131,6 +131,49 @@ async fn a_tree_restores_equal_byte_for_byte_and_in_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_tree_hundreds_of_folders_deep_restores_equal() {
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("src");
+    // Deeper than the folders the walk holds open: below that depth,
+    // entries are read by their whole path. Siblings on the way check the
+    // order and the paths made at every depth.
+    let mut dir = src.clone();
+    for level in 0..300 {
+        dir.push(if level % 2 == 0 { "d" } else { "e-deeper" });
+        std::fs::create_dir_all(&dir).unwrap();
+        if level % 50 == 0 || level > 290 {
+            std::fs::write(dir.join("f"), format!("level {level}")).unwrap();
+            std::fs::write(dir.join("d-"), b"after the folder d").unwrap();
+            std::os::unix::fs::symlink("f", dir.join("c")).unwrap();
+        }
+    }
+    stack
+        .load_systems(vec![system("deep", &[&src])])
+        .await
+        .unwrap();
+    stack
+        .start_agent("deep", arca_e2e::AgentUser::Same)
+        .await
+        .unwrap();
+    let job = stack.backup(&["deep"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, arca_schemas::JobStatus::Succeeded, "{rec:#?}");
+    assert!(rec.file_errors.is_empty(), "{:?}", rec.file_errors);
+    // 15 levels with two files each (links are not counted as files).
+    assert_eq!(rec.stats.files, 30, "{rec:#?}");
+    let snap = rec.snapshot.expect("a snapshot").to_string();
+    let target = data.path().join("restored");
+    let out = stack.arca(&["restore", &snap, "--target", target.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    compare(&src, &restored_path(&target, &src)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unchanged_tree_moves_no_new_chunks_the_second_time() {
     let mut stack = Stack::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();

@@ -410,6 +410,12 @@ impl Parent {
         }
     }
 
+    /// The parent's node for `path`, taken out of it; as [`Parent::get`].
+    fn take(&mut self, path: &[u8]) -> Option<Node> {
+        self.get(path)?;
+        self.nodes.pop_front()
+    }
+
     fn next_batch(&mut self) -> bool {
         let (Some(f), Some(id)) = (&self.fetch, self.batches.next()) else {
             return false;
@@ -973,7 +979,10 @@ impl Reader<'_> {
             match a {
                 Addition::Bytes { path, data } => self.bytes(&path, data)?,
                 Addition::File(path) => match std::fs::symlink_metadata(&path) {
-                    Ok(md) => self.file(&path, &Stat::from(&md))?,
+                    Ok(md) => {
+                        let before = self.parent.take(path.as_os_str().as_bytes());
+                        self.file(&path, &Stat::from(&md), before)?
+                    }
                     // Missing, it would make the snapshot lie: no snapshot.
                     Err(e) => {
                         return Err(ErrorReply::internal(format!(
@@ -1139,8 +1148,10 @@ impl Reader<'_> {
             }
         };
         let kind = st.file_type();
+        // The parent's node for the path, if any (taken in walk order).
+        let before = self.parent.take(&path);
         if kind == FileType::Directory {
-            let n = self.node(p, NodeKind::Dir, &st);
+            let n = self.node_like(p, NodeKind::Dir, &st, before);
             self.emit(Slot::Dir(n))?;
             if self.one_file_system && st.dev != root_dev {
                 // A mount point: kept as an empty folder.
@@ -1178,24 +1189,34 @@ impl Reader<'_> {
             return Ok(None);
         }
         match kind {
-            FileType::Symlink => match rustix::fs::readlinkat(&dir, name, Vec::new()) {
-                Ok(target) => {
-                    let kind = NodeKind::Symlink {
-                        target: target.into_bytes(),
-                    };
-                    let n = self.node(p, kind, &st);
+            // A link's target changes only with its inode.
+            FileType::Symlink => match before {
+                Some(mut b)
+                    if same_entry(&b, &st) && matches!(b.kind, NodeKind::Symlink { .. }) =>
+                {
+                    let kind = std::mem::replace(&mut b.kind, NodeKind::Fifo);
+                    let n = self.node_like(p, kind, &st, Some(b));
                     self.emit(Slot::Node(n))?;
                 }
-                Err(e) => self.file_error(p, format!("cannot read link: {e}")),
+                _ => match rustix::fs::readlinkat(&dir, name, Vec::new()) {
+                    Ok(target) => {
+                        let kind = NodeKind::Symlink {
+                            target: target.into_bytes(),
+                        };
+                        let n = self.node(p, kind, &st);
+                        self.emit(Slot::Node(n))?;
+                    }
+                    Err(e) => self.file_error(p, format!("cannot read link: {e}")),
+                },
             },
-            FileType::RegularFile => self.file(p, &st)?,
+            FileType::RegularFile => self.file(p, &st, before)?,
             _ => {
                 let kind = match kind {
                     FileType::Fifo => NodeKind::Fifo,
                     FileType::Socket => NodeKind::Socket,
                     _ => NodeKind::Device { rdev: st.rdev },
                 };
-                let n = self.node(p, kind, &st);
+                let n = self.node_like(p, kind, &st, before);
                 self.progress.lock().expect("progress lock").stats.files += 1;
                 self.emit(Slot::Node(n))?;
             }
@@ -1233,8 +1254,38 @@ impl Reader<'_> {
         }
     }
 
-    fn file(&mut self, path: &Path, st: &Stat) -> Result<(), ErrorReply> {
-        let bytes = path.as_os_str().as_bytes();
+    /// A node as [`Reader::node`] makes it, from the parent's node `before`
+    /// when nothing about the entry changed since (see [`same_entry`]): its
+    /// extended attributes are not read again.
+    fn node_like(&mut self, path: &Path, kind: NodeKind, st: &Stat, before: Option<Node>) -> Node {
+        let Some(mut n) = before.filter(|b| same_entry(b, st)) else {
+            return self.node(path, kind, st);
+        };
+        n.kind = kind;
+        n.mode = st.mode;
+        n.uid = st.uid;
+        n.gid = st.gid;
+        n.mtime = st.mtime;
+        n.mtime_nsec = st.mtime_nsec;
+        n.size = 0;
+        n.ctime = st.ctime;
+        n.ctime_nsec = st.ctime_nsec;
+        n.inode = st.ino;
+        // Names as the name service says now (a user renamed since).
+        if n.user.as_deref() != self.names.user_name(st.uid) {
+            n.user = self.names.user(st.uid);
+        }
+        if n.group.as_deref() != self.names.group_name(st.gid) {
+            n.group = self.names.group(st.gid);
+        }
+        n.hardlink = None;
+        n.sparse = false;
+        n.changed = false;
+        n
+    }
+
+    /// A regular file; `before` is the parent's node for its path.
+    fn file(&mut self, path: &Path, st: &Stat, before: Option<Node>) -> Result<(), ErrorReply> {
         let link_key = (st.nlink > 1).then_some((st.dev, st.ino));
         // Another name of a file already taken: same chunks, not read again.
         if let Some(first) = link_key.and_then(|k| self.links.get(&k)) {
@@ -1243,30 +1294,27 @@ impl Reader<'_> {
                 sizes: first.sizes.clone(),
             };
             let (first_path, size) = (first.path.clone(), first.size);
-            let mut n = self.node(path, kind, st);
+            let mut n = self.node_like(path, kind, st, before);
             n.size = size;
             n.hardlink = Some(first_path);
             self.progress.lock().expect("progress lock").stats.files += 1;
             return self.emit(Slot::Node(n));
         }
-        let reused = match self.parent.get(bytes) {
-            Some(before) if unchanged(before, st) => match &before.kind {
-                NodeKind::File { chunks, sizes } => {
-                    Some((chunks.clone(), sizes.clone(), before.size, before.sparse))
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some((chunks, sizes, size, sparse)) = reused {
+        // Content unchanged: the parent's chunks, not read again.
+        if let Some(mut b) = before
+            && unchanged(&b, st)
+            && matches!(b.kind, NodeKind::File { .. })
+        {
+            let kind = std::mem::replace(&mut b.kind, NodeKind::Dir);
+            let (size, sparse) = (b.size, b.sparse);
             {
                 let mut p = self.progress.lock().expect("progress lock");
                 p.stats.files += 1;
                 p.stats.bytes += size;
-                p.stats.chunks += chunks.len() as u64;
+                p.stats.chunks += kind_chunks(&kind) as u64;
                 p.stats.unchanged_files += 1;
             }
-            let mut n = self.node(path, NodeKind::File { chunks, sizes }, st);
+            let mut n = self.node_like(path, kind, st, Some(b));
             n.size = size;
             n.sparse = sparse;
             self.remember_link(link_key, &n);
@@ -1480,6 +1528,26 @@ fn is_cache_dir(dir: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok()
         && head == CACHEDIR_SIGNATURE
+}
+
+/// True when nothing about the entry changed since `before` was recorded:
+/// the same inode, mode and change time. The kernel sets the change time
+/// at every change of content, owner, mode, links or extended attributes
+/// (and a program cannot set it back), so the recorded attributes and link
+/// target still hold.
+fn same_entry(before: &Node, now: &Stat) -> bool {
+    before.inode == now.ino
+        && before.mode == now.mode
+        && before.ctime == now.ctime
+        && before.ctime_nsec == now.ctime_nsec
+}
+
+/// How many chunks a file node names.
+fn kind_chunks(kind: &NodeKind) -> usize {
+    match kind {
+        NodeKind::File { chunks, .. } => chunks.len(),
+        _ => 0,
+    }
 }
 
 /// True when `now` is the same file, unchanged, as `before`.

@@ -162,6 +162,11 @@ pub struct Names {
 impl Names {
     /// The user name of `uid`, if it has one.
     pub fn user(&mut self, uid: u32) -> Option<String> {
+        self.user_name(uid).map(str::to_owned)
+    }
+
+    /// The user name of `uid`, if it has one, without a copy.
+    pub fn user_name(&mut self, uid: u32) -> Option<&str> {
         self.users
             .entry(uid)
             .or_insert_with(|| {
@@ -170,11 +175,16 @@ impl Names {
                     .flatten()
                     .map(|u| u.name)
             })
-            .clone()
+            .as_deref()
     }
 
     /// The group name of `gid`, if it has one.
     pub fn group(&mut self, gid: u32) -> Option<String> {
+        self.group_name(gid).map(str::to_owned)
+    }
+
+    /// The group name of `gid`, if it has one, without a copy.
+    pub fn group_name(&mut self, gid: u32) -> Option<&str> {
         self.groups
             .entry(gid)
             .or_insert_with(|| {
@@ -183,7 +193,7 @@ impl Names {
                     .flatten()
                     .map(|g| g.name)
             })
-            .clone()
+            .as_deref()
     }
 
     /// The owner a restored node gets: the id its user and group names

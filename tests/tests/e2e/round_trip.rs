@@ -7,6 +7,10 @@ use arca_e2e::{Stack, system};
 use arca_testkit::tree::{compare, write_pseudo_random};
 use filetime::FileTime;
 
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
 fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -207,6 +211,12 @@ async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its
     }
     std::fs::write(src.join("same-size.txt"), b"version one").unwrap();
     std::fs::write(src.join("touched.txt"), b"unchanged content").unwrap();
+    set_xattr(
+        &src.join("sub/f4"),
+        "user.gone",
+        b"removed before the second",
+    );
+    std::os::unix::fs::symlink("sub/f2", src.join("link")).unwrap();
     stack
         .load_systems(vec![system("inc", &[&src])])
         .await
@@ -244,13 +254,23 @@ async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its
     std::fs::write(src.join("added.txt"), b"new file").unwrap();
     std::fs::remove_file(src.join("sub/f0")).unwrap();
     std::fs::rename(src.join("sub/f1"), src.join("sub/f1-renamed")).unwrap();
+    // Metadata only: attributes added and removed (on a file and on a
+    // folder), a mode, a link pointing elsewhere. Each moves the change
+    // time, so none of them is taken from the first snapshot.
+    set_xattr(&src.join("sub/f2"), "user.added", b"after the first backup");
+    rustix::fs::lremovexattr(&src.join("sub/f4"), "user.gone").unwrap();
+    set_xattr(&src.join("sub"), "user.folder", b"on the folder now");
+    std::fs::set_permissions(src.join("sub/f5"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::remove_file(src.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub/f3", src.join("link")).unwrap();
 
     let second = stack.backup(&["inc"]).await.unwrap()[0];
     let (_, r2) = stack.wait_job(second).await.unwrap();
     assert_eq!(r2.status, arca_schemas::JobStatus::Succeeded);
-    // f2..f9 are unchanged; the renamed file has a new path, so it is read
-    // (and deduplicates); the others changed.
-    assert_eq!(r2.stats.unchanged_files, 8, "{r2:#?}");
+    // f3 and f6..f9 are unchanged; the renamed file has a new path, so it
+    // is read (and deduplicates); the others changed, in content or in
+    // metadata.
+    assert_eq!(r2.stats.unchanged_files, 5, "{r2:#?}");
     assert_eq!(r2.stats.files, 12);
 
     for (snap, expected) in [

@@ -258,7 +258,7 @@ async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its
     // folder), a mode, a link pointing elsewhere. Each moves the change
     // time, so none of them is taken from the first snapshot.
     set_xattr(&src.join("sub/f2"), "user.added", b"after the first backup");
-    rustix::fs::lremovexattr(&src.join("sub/f4"), "user.gone").unwrap();
+    rustix::fs::lremovexattr(src.join("sub/f4"), "user.gone").unwrap();
     set_xattr(&src.join("sub"), "user.folder", b"on the folder now");
     std::fs::set_permissions(src.join("sub/f5"), PermissionsExt::from_mode(0o600)).unwrap();
     std::fs::remove_file(src.join("link")).unwrap();

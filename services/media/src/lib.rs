@@ -3,7 +3,7 @@
 //! commits snapshots only when every chunk they name is stored, and serves
 //! chunks back for restores.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -144,6 +144,13 @@ struct Media {
     sessions: Mutex<HashMap<String, Session>>,
     restores: Mutex<HashMap<String, RestoreGrant>>,
     gate: Gate,
+    /// Raised when a prune or an index repair starts and when it ends (odd
+    /// while one runs): only they remove chunks from the index.
+    removals: std::sync::atomic::AtomicU64,
+    /// Per system, tree chunks whose every chunk was found stored by a
+    /// commit, and the value of `removals` then: while it is unchanged,
+    /// those chunks are still stored and a commit need not read them again.
+    complete_trees: Mutex<HashMap<String, (u64, HashSet<arca_schemas::ChunkId>)>>,
 }
 
 /// Rewrites the key file sealed by `passphrase`, or without one; the
@@ -170,6 +177,15 @@ pub fn check_key_file(config: &Config) -> anyhow::Result<()> {
         arca_repo::Keys::load_or_create(&path, passphrase.as_deref())?;
     }
     Ok(())
+}
+
+/// A removal of chunks running; see [`Media::removing`].
+struct Removing<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Removing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Pause of data requests after which media returns free memory.
@@ -211,6 +227,8 @@ pub async fn run(
         sessions: Mutex::new(HashMap::new()),
         restores: Mutex::new(HashMap::new()),
         gate,
+        removals: Default::default(),
+        complete_trees: Mutex::new(HashMap::new()),
     });
     let mut control = client.subscribe(subject::media_all(&config.id)).await?;
     let mut data = client
@@ -358,6 +376,7 @@ impl Media {
                     Ok(req) => tokio::task::spawn_blocking(move || {
                         let since = std::time::Instant::now();
                         let guard = me.clone();
+                        let _removing = me.removing();
                         let r = me
                             .repo
                             .prune(&move |s, id| guard.in_use(s, id, since), req.dry_run);
@@ -384,16 +403,19 @@ impl Media {
                 respond(&self.client, &msg, r).await
             }
             Some(MediaVerb::RepairIndex) => {
-                let repo = self.repo.clone();
-                let r = tokio::task::spawn_blocking(move || repo.repair_index())
-                    .await
-                    .map_err(|e| ErrorReply::internal(e.to_string()))
-                    .and_then(|r| r.map_err(|e| e.to_reply()))
-                    .map(|r| RepairIndexReply {
-                        packs: r.packs,
-                        chunks: r.chunks,
-                        damaged: r.damaged,
-                    });
+                let me = self.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let _removing = me.removing();
+                    me.repo.repair_index()
+                })
+                .await
+                .map_err(|e| ErrorReply::internal(e.to_string()))
+                .and_then(|r| r.map_err(|e| e.to_reply()))
+                .map(|r| RepairIndexReply {
+                    packs: r.packs,
+                    chunks: r.chunks,
+                    damaged: r.damaged,
+                });
                 respond(&self.client, &msg, r).await
             }
             None => {
@@ -824,13 +846,37 @@ impl Media {
 
     /// Invariant 3: a snapshot is committed only when every chunk it
     /// references is durably stored.
+    ///
+    /// A tree chunk found complete by an earlier commit, with no prune or
+    /// index repair since, is only checked to be stored: the chunks it
+    /// names were stored then and nothing removed chunks since. An
+    /// unchanged tree's commit so reads only the tree chunks that changed.
     fn check_tree_complete(
         &self,
         system: &str,
         tree: &[arca_schemas::ChunkId],
     ) -> Result<(), ErrorReply> {
+        use std::sync::atomic::Ordering;
         let key = self.repo.chunk_id_key(system);
+        let epoch = self.removals.load(Ordering::SeqCst);
+        let known: HashSet<arca_schemas::ChunkId> = {
+            let trees = self.complete_trees.lock().expect("trees lock");
+            match trees.get(system) {
+                Some((e, ids)) if *e == epoch && epoch.is_multiple_of(2) => {
+                    tree.iter().filter(|id| ids.contains(id)).copied().collect()
+                }
+                _ => HashSet::new(),
+            }
+        };
         for id in tree {
+            if known.contains(id) {
+                if !self.repo.has_chunk(system, id) {
+                    return Err(ErrorReply::bad_request(format!(
+                        "tree chunk {id} is not stored; snapshot not committed"
+                    )));
+                }
+                continue;
+            }
             let frame_bytes = self.repo.get_chunk(system, id).map_err(|e| e.to_reply())?;
             let plain = frame::decode(&frame_bytes, &key, id).map_err(|e| e.to_reply())?;
             let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
@@ -847,7 +893,27 @@ impl Media {
                 }
             }
         }
+        // Remembered only when no removal started meanwhile.
+        if epoch.is_multiple_of(2) && self.removals.load(Ordering::SeqCst) == epoch {
+            let mut trees = self.complete_trees.lock().expect("trees lock");
+            let entry = trees
+                .entry(system.to_owned())
+                .or_insert_with(|| (epoch, HashSet::new()));
+            if entry.0 != epoch {
+                *entry = (epoch, HashSet::new());
+            }
+            entry.1.extend(tree.iter().copied());
+        }
         Ok(())
+    }
+
+    /// Marks a removal of chunks (prune, index repair) as running until
+    /// the guard is dropped: commits check every tree chunk again.
+    fn removing(&self) -> Removing<'_> {
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.complete_trees.lock().expect("trees lock").clear();
+        Removing(&self.removals)
     }
 
     async fn list_snapshots(&self, payload: &[u8]) -> Result<ListSnapshotsReply, ErrorReply> {

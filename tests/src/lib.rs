@@ -425,6 +425,13 @@ impl Stack {
         Ok(())
     }
 
+    /// Registers one system backing up `paths`, with default settings, and
+    /// starts its agent as the test's user.
+    pub async fn one_system(&mut self, name: &str, paths: &[&Path]) -> anyhow::Result<()> {
+        self.load_systems(vec![system(name, paths)]).await?;
+        self.start_agent(name, AgentUser::Same).await
+    }
+
     /// Starts the agent of `system` and waits until it answers.
     pub async fn start_agent(&mut self, system: &str, user: AgentUser) -> anyhow::Result<()> {
         let config = format!("agent-{system}.toml");

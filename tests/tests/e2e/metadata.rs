@@ -42,11 +42,7 @@ fn mknod(path: &Path, kind: FileType, mode: u32, dev: u64) {
 }
 
 async fn one_system(stack: &mut Stack, name: &str, paths: &[&Path]) {
-    stack.load_systems(vec![system(name, paths)]).await.unwrap();
-    stack
-        .start_agent(name, arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system(name, paths).await.unwrap();
 }
 
 async fn backed_up(stack: &Stack, name: &str) -> (SnapshotId, arca_schemas::JobRecord) {

@@ -3,7 +3,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use arca_e2e::{Stack, system};
+use arca_e2e::Stack;
 use arca_testkit::tree::{compare, write_pseudo_random};
 use filetime::FileTime;
 
@@ -81,14 +81,7 @@ async fn a_tree_restores_equal_byte_for_byte_and_in_metadata() {
     let data = tempfile::tempdir().unwrap();
     let src = data.path().join("src");
     build_tree(&src);
-    stack
-        .load_systems(vec![system("rt", &[&src])])
-        .await
-        .unwrap();
-    stack
-        .start_agent("rt", arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system("rt", &[&src]).await.unwrap();
 
     // Back up through the operator's console.
     let out = stack.arca(&["backup", "rt"]);
@@ -152,14 +145,7 @@ async fn a_tree_hundreds_of_folders_deep_restores_equal() {
             std::os::unix::fs::symlink("f", dir.join("c")).unwrap();
         }
     }
-    stack
-        .load_systems(vec![system("deep", &[&src])])
-        .await
-        .unwrap();
-    stack
-        .start_agent("deep", arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system("deep", &[&src]).await.unwrap();
     let job = stack.backup(&["deep"]).await.unwrap()[0];
     let (_, rec) = stack.wait_job(job).await.unwrap();
     assert_eq!(rec.status, arca_schemas::JobStatus::Succeeded, "{rec:#?}");
@@ -182,14 +168,7 @@ async fn an_unchanged_tree_moves_no_new_chunks_the_second_time() {
     let mut stack = Stack::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     write_pseudo_random(&data.path().join("f"), 20_000_000, 1).unwrap();
-    stack
-        .load_systems(vec![system("dd", &[data.path()])])
-        .await
-        .unwrap();
-    stack
-        .start_agent("dd", arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system("dd", &[data.path()]).await.unwrap();
     let first = stack.backup(&["dd"]).await.unwrap()[0];
     let (_, rec1) = stack.wait_job(first).await.unwrap();
     let second = stack.backup(&["dd"]).await.unwrap()[0];
@@ -217,14 +196,7 @@ async fn a_second_backup_reads_only_changed_files_and_each_snapshot_restores_its
         b"removed before the second",
     );
     std::os::unix::fs::symlink("sub/f2", src.join("link")).unwrap();
-    stack
-        .load_systems(vec![system("inc", &[&src])])
-        .await
-        .unwrap();
-    stack
-        .start_agent("inc", arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system("inc", &[&src]).await.unwrap();
     let first = stack.backup(&["inc"]).await.unwrap()[0];
     let (_, r1) = stack.wait_job(first).await.unwrap();
     assert_eq!(r1.stats.unchanged_files, 0);
@@ -310,14 +282,7 @@ async fn restoring_many_files_holds_no_descriptor_after_each_file() {
             .unwrap();
         }
     }
-    stack
-        .load_systems(vec![system("fds", &[&src])])
-        .await
-        .unwrap();
-    stack
-        .start_agent("fds", arca_e2e::AgentUser::Same)
-        .await
-        .unwrap();
+    stack.one_system("fds", &[&src]).await.unwrap();
     let job = stack.backup(&["fds"]).await.unwrap()[0];
     let (_, rec) = stack.wait_job(job).await.unwrap();
     let before = open_fds(stack.pid("agent-fds"));

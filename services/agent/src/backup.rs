@@ -36,7 +36,7 @@ use arca_schemas::system::Selection;
 
 use crate::Progress;
 use crate::application::{Addition, JobApps, postgresql};
-use crate::meta::{self, Names, Stat};
+use crate::meta::{self, LIST_BUFFER, Names, Stat};
 use crate::select::Filter;
 
 /// How the reader cuts and compresses.
@@ -878,9 +878,6 @@ fn read_all(
             .map_err(|_| ErrorReply::internal("transfer stopped"))
     })
 }
-
-/// Bytes of folder entries read at once.
-const LIST_BUFFER: usize = 32 << 10;
 
 /// Folders above the current entry held open, at most.
 const OPEN_FOLDERS: usize = 64;

@@ -11,6 +11,9 @@ use std::path::Path;
 use arca_schemas::tree::{Node, NodeKind, Xattr};
 use rustix::io::Errno;
 
+/// Bytes of folder entries read with one system call.
+pub const LIST_BUFFER: usize = 32 << 10;
+
 /// What the walk reads of an entry's inode: from `lstat` relative to its
 /// folder, or from an open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,7 @@ use std::sync::{Condvar, Mutex};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::meta::Stat;
-
-/// Bytes of folder entries read at once.
-const LIST_BUFFER: usize = 32 << 10;
+use crate::meta::{LIST_BUFFER, Stat};
 
 /// A folder to list, ordered as the walk meets folders: the threads list
 /// first what the walker will ask for first.

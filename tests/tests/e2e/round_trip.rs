@@ -75,6 +75,18 @@ fn restored_path(target: &Path, original: &Path) -> std::path::PathBuf {
     target.join(original.strip_prefix("/").unwrap())
 }
 
+/// Restores `snap` into `target` through the operator's console and
+/// checks that the restored copy of `src` equals it.
+fn restore_equal(stack: &Stack, snap: &str, target: &Path, src: &Path) {
+    let out = stack.arca(&["restore", snap, "--target", target.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    compare(src, &restored_path(target, src)).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tree_restores_equal_byte_for_byte_and_in_metadata() {
     let mut stack = Stack::start().await.unwrap();
@@ -99,13 +111,7 @@ async fn a_tree_restores_equal_byte_for_byte_and_in_metadata() {
 
     // Restore into another folder: equal to the original.
     let target = data.path().join("restored");
-    let out = stack.arca(&["restore", &snap, "--target", target.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    compare(&src, &restored_path(&target, &src)).unwrap();
+    restore_equal(&stack, &snap, &target, &src);
 
     // Damage the original, then restore in place: back as it was.
     std::fs::remove_file(src.join("a/b/c/deep.txt")).unwrap();
@@ -154,13 +160,7 @@ async fn a_tree_hundreds_of_folders_deep_restores_equal() {
     assert_eq!(rec.stats.files, 30, "{rec:#?}");
     let snap = rec.snapshot.expect("a snapshot").to_string();
     let target = data.path().join("restored");
-    let out = stack.arca(&["restore", &snap, "--target", target.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    compare(&src, &restored_path(&target, &src)).unwrap();
+    restore_equal(&stack, &snap, &target, &src);
 }
 
 #[tokio::test(flavor = "multi_thread")]

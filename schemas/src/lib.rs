@@ -4,7 +4,9 @@
 //! - [`names`]: JetStream stream and key-value bucket names.
 //! - [`msg`]: request and reply bodies of the control protocol (MessagePack).
 //! - [`event`]: job events, JSON, published on `arca.events.<job>.<kind>`.
-//! - [`tree`]: the file tree a backup records, carried inside tree chunks.
+//! - [`tree`]: the file tree a backup records, carried inside tree chunks;
+//!   [`path`]: the check every node's path passes before it is used.
+//! - [`text`]: text from the lower-trust zone made safe to print.
 //! - [`chunk`]: chunk ids and the self-describing chunk framing.
 //! - [`codec`]: how bodies are encoded.
 //! - [`trust`]: job tokens, the signed snapshot manifest, audit records.
@@ -19,8 +21,10 @@ pub mod job;
 pub mod json_schema;
 pub mod msg;
 pub mod names;
+pub mod path;
 pub mod subject;
 pub mod system;
+pub mod text;
 pub mod tree;
 pub mod trust;
 

@@ -432,6 +432,20 @@ impl Stack {
         self.start_agent(name, AgentUser::Same).await
     }
 
+    /// Takes `system` over as an attacker would: admits its agent user to
+    /// the server and connects with the system's real credentials (its
+    /// enrolled key, its certificate), without starting the real agent.
+    pub async fn compromised(
+        &mut self,
+        system: &str,
+    ) -> anyhow::Result<arca_testkit::hostile::Compromised> {
+        self.enroll(system).await?;
+        let client = security::agent_options(system)
+            .connect(self.nats.url())
+            .await?;
+        arca_testkit::hostile::Compromised::new(client, system, &security::agent_seed(system))
+    }
+
     /// Starts the agent of `system` and waits until it answers.
     pub async fn start_agent(&mut self, system: &str, user: AgentUser) -> anyhow::Result<()> {
         let config = format!("agent-{system}.toml");

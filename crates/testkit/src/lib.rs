@@ -9,7 +9,10 @@
 //!   real nftables in between; they say so when they cannot run.
 //! - [`pki`]: a test certificate authority (by `ops/gen-pki`) for TLS.
 //! - [`tree`]: build file trees and compare two trees in content and metadata.
+//! - [`hostile`]: a compromised system that speaks the protocol with its
+//!   real key and sends what an attacker would.
 
+pub mod hostile;
 pub mod nats;
 pub mod netns;
 pub mod pki;

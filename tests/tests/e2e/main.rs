@@ -30,6 +30,8 @@
 //!   Schema by a Python client (nats-py).
 //! - `trust`: agents confined to their own subjects by the server, job
 //!   tokens, signed manifests, cross-system restores, audit, TLS.
+//! - `hostile`: the compromised-system fixture (`Stack::compromised`,
+//!   `arca_testkit::hostile`) serves a real job.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -38,6 +40,7 @@ mod bad_input;
 mod crash;
 mod dashboard;
 mod events;
+mod hostile;
 mod firewall;
 mod hooks;
 mod metadata;

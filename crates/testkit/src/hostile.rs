@@ -130,7 +130,8 @@ impl Compromised {
                             };
                             if first {
                                 me.started.lock().expect("started").push(start.clone());
-                                let (me2, plan, states) = (me.clone(), plan.clone(), states.clone());
+                                let (me2, plan, states) =
+                                    (me.clone(), plan.clone(), states.clone());
                                 tokio::spawn(async move {
                                     let job = start.job;
                                     let end = plan(me2, start).await;
@@ -269,11 +270,7 @@ impl Compromised {
 
     /// Runs `plan` to a transfer outcome: the snapshot committed from the
     /// nodes it makes, or the error media answered.
-    pub async fn backup_of(
-        &self,
-        start: &StartBackupTransfer,
-        nodes: Vec<Node>,
-    ) -> TransferState {
+    pub async fn backup_of(&self, start: &StartBackupTransfer, nodes: Vec<Node>) -> TransferState {
         let committed = self.commit(start, nodes).await;
         TransferState::Done(TransferOutcome {
             stats: Default::default(),

@@ -187,7 +187,11 @@ impl Media {
             .lock()
             .expect("sessions lock")
             .retain(|id, s| {
-                if s.closed || s.committing || s.used_at.elapsed() < idle {
+                if s.closed {
+                    // Kept for a prune that has ended (or failed) since.
+                    return pruning;
+                }
+                if s.committing || s.used_at.elapsed() < idle {
                     return true;
                 }
                 tracing::warn!(job = %s.job, system = %s.system, session = %id, idle_secs = idle.as_secs(), "session expired: no request used it");

@@ -450,8 +450,10 @@ async fn a_system_over_its_quota_is_refused_at_put_and_others_are_not() {
 }
 
 /// Proves that a backup session is closed when its job ends (a put into
-/// it afterwards is refused) and that an idle session expires after
-/// `session-idle-secs`. On cf2fc9a sessions lived until a prune.
+/// it afterwards is refused), that a session names at most
+/// `session-max-chunks` chunks, and that an idle session expires after
+/// `session-idle-secs`. On cf2fc9a sessions lived until a prune and grew
+/// without bound.
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_close_when_their_job_ends_and_expire_when_idle() {
     let plan = plan_tree(|c, start| async move {
@@ -474,7 +476,7 @@ async fn sessions_close_when_their_job_ends_and_expire_when_idle() {
         .write_service(
             "media.toml",
             &format!(
-                "repository = \"{}\"\nsession-idle-secs = 3\n",
+                "repository = \"{}\"\nsession-idle-secs = 3\nsession-max-chunks = 8\n",
                 e.stack.repo_dir().display()
             ),
             "media",
@@ -483,6 +485,21 @@ async fn sessions_close_when_their_job_ends_and_expire_when_idle() {
     e.stack.restart("media").await.unwrap();
     let (_job, start) = e.hold().await;
     e.evil.put(&start, b"while used", false).await.unwrap();
+    // A session names a bounded number of chunks: 1 + 8 is over 8.
+    let ask = HasChunks {
+        session: start.session.clone(),
+        ids: (0..8u8).map(|i| ChunkId([i; 32])).collect(),
+    };
+    let err = remote(
+        e.evil
+            .request::<_, HasChunksReply>(&start, MediaDataVerb::Has, &ask)
+            .await,
+    );
+    assert!(
+        err.message.contains("session-max-chunks"),
+        "{}",
+        err.message
+    );
     tokio::time::sleep(Duration::from_secs(7)).await;
     let err = remote(e.evil.put(&start, b"after idling", false).await);
     assert!(err.message.contains("session-idle-secs"), "{}", err.message);

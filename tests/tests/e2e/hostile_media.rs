@@ -295,6 +295,7 @@ async fn a_get_many_bomb_is_refused_with_memory_bounded_and_others_backed_up() {
         "a flood of 200 requests is answered busy beyond the share"
     );
     let peak = peak_rss(media);
+    eprintln!("media's peak memory: {} MiB", peak / MIB);
     assert!(
         peak < 300 * MIB,
         "media's peak memory {} MiB is over 300 MiB",
@@ -403,6 +404,7 @@ async fn zstd_bombs_are_refused_at_put() {
     let (id, f) = zstd_bomb(&start, 4 << 20, false);
     assert!(c.put_frame(&start, id, f, false).await.unwrap().new);
     let peak = peak_rss(e.stack.pid("media"));
+    eprintln!("media's peak memory: {} MiB", peak / MIB);
     assert!(peak < 200 * MIB, "media's peak memory {} MiB", peak / MIB);
     e.end.notify_one();
 }

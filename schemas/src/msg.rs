@@ -540,6 +540,29 @@ pub struct OpenSession {
     pub system: String,
     /// Paths the backup covers, recorded in the snapshot.
     pub paths: Vec<String>,
+    /// The system's storage quota, bytes (the systems file's `quota`):
+    /// media refuses a put that would take the system past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}
+
+/// Close the sessions of a job that ended (scheduler to media, on
+/// `close-session`): its backup session accepts nothing more, and a
+/// restore grant of it ends.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CloseSession {
+    /// The job that ended.
+    pub job: JobId,
+}
+
+/// Answer to [`CloseSession`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct SessionClosed {
+    /// False when media held no backup session of the job (already
+    /// closed or expired, or media restarted).
+    pub closed: bool,
 }
 
 /// Answer to [`OpenSession`].

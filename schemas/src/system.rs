@@ -62,6 +62,89 @@ pub struct SystemConfig {
     /// Jobs selected together run in priority order, highest first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Most bytes the repository may hold for this system (`"50 GiB"`,
+    /// `"800 MB"`, or a number of bytes). Media refuses a chunk that
+    /// would take the system past it, and the backup fails saying so.
+    /// No quota when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ByteSizeText>")]
+    pub quota: Option<ByteSize>,
+}
+
+/// A number of bytes, written as a number or as text with a unit: `B`,
+/// `KB`/`MB`/`GB`/`TB` (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB`
+/// (powers of 1024), e.g. `"50 GiB"`. Never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+/// How a [`ByteSize`] is written.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ByteSizeText {
+    /// Bytes.
+    Bytes(u64),
+    /// A number and a unit, e.g. `"50 GiB"`.
+    Text(String),
+}
+
+impl ByteSize {
+    /// Reads `"50 GiB"`, `"1.5TB"`, `"4096"`.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let unit_size: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1000,
+            "MB" => 1000_u64.pow(2),
+            "GB" => 1000_u64.pow(3),
+            "TB" => 1000_u64.pow(4),
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ));
+            }
+        };
+        let n: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as \"50 GiB\""))?;
+        let bytes = n * unit_size as f64;
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("{text:?} is not a size of at least one byte"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl TryFrom<ByteSizeText> for ByteSize {
+    type Error = String;
+    fn try_from(t: ByteSizeText) -> Result<Self, String> {
+        match t {
+            ByteSizeText::Bytes(0) => Err("a size of 0 bytes: leave the quota out instead".into()),
+            ByteSizeText::Bytes(n) => Ok(ByteSize(n)),
+            ByteSizeText::Text(s) => ByteSize::parse(&s),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ByteSizeText::deserialize(d)?
+            .try_into()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl SystemConfig {
@@ -522,6 +605,24 @@ unit = "reporting.service"
         );
         let again: SystemsFile = toml::from_str(&toml::to_string(&f).unwrap()).unwrap();
         assert_eq!(again.systems, f.systems);
+    }
+
+    #[test]
+    fn quotas_read_as_numbers_or_with_units() {
+        let q = |v: &str| {
+            toml::from_str::<SystemsFile>(&format!(
+                "[[system]]\nname = \"a\"\naddress = \"x\"\npaths = [\"/\"]\nquota = {v}\n"
+            ))
+            .map(|f| f.systems[0].quota)
+        };
+        assert_eq!(q("\"50 GiB\"").unwrap(), Some(ByteSize(50 << 30)));
+        assert_eq!(q("\"1.5KB\"").unwrap(), Some(ByteSize(1500)));
+        assert_eq!(q("4096").unwrap(), Some(ByteSize(4096)));
+        for bad in ["\"50 GiBs\"", "0", "\"-1 GB\"", "\"lots\""] {
+            assert!(q(bad).is_err(), "{bad}");
+        }
+        let f: SystemsFile = toml::from_str(FILE).unwrap();
+        assert_eq!(f.systems[0].quota, None);
     }
 
     #[test]

@@ -48,30 +48,72 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Decompresses at most `MAX_CHUNK` bytes, allocating what the frame
-/// says it holds (not the maximum).
-fn decompress(payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let capacity = match zstd::zstd_safe::get_frame_content_size(payload) {
-        Ok(Some(n)) if n as usize <= MAX_CHUNK => n as usize,
-        Ok(Some(_)) => {
-            return Err(std::io::Error::other("frame larger than the largest chunk"));
+/// Decompresses at most `cap` bytes. A frame whose header states its
+/// content size is decoded in one step into exactly that much memory
+/// (refused at once when it states more than `cap`); one that does not
+/// say is decoded as a stream that stops one byte past `cap`, so that no
+/// frame makes the decoder allocate more than `cap` bytes whatever it
+/// holds.
+fn decompress(payload: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = || std::io::Error::other(format!("decodes to more than {cap} bytes"));
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n > cap as u64 => Err(too_large()),
+        Ok(Some(n)) => DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            // Capacity is what the header says: a payload that holds
+            // more (a second frame) fails as too small a buffer.
+            d.as_mut()
+                .expect("just made")
+                .decompress(payload, n as usize)
+        }),
+        _ => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)?;
+            // Room for exactly one byte past the cap: reading to the end
+            // never grows it further (a hostile frame's only gain is this).
+            let mut out = Vec::with_capacity(cap + 1);
+            (&mut decoder).take(cap as u64 + 1).read_to_end(&mut out)?;
+            if out.len() > cap {
+                return Err(too_large());
+            }
+            Ok(out)
         }
-        _ => MAX_CHUNK,
-    };
-    DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new()?);
-        }
-        d.as_mut().expect("just made").decompress(payload, capacity)
-    })
+    }
 }
 
-/// Largest plain chunk a frame may decode to (guards against zstd bombs).
-pub const MAX_CHUNK: usize = 64 << 20;
+/// Largest plain data chunk (file contents) a frame may decode to: the
+/// largest chunk an agent cuts (its `chunk-max` is bounded by this), and
+/// the bound media checks at `put` against zstd bombs.
+pub const MAX_CHUNK: usize = 4 << 20;
 
-/// Decodes a frame and checks that its plain bytes have id `id` under `key`.
+/// Largest plain tree chunk (a batch of tree nodes) a frame may decode
+/// to. A tree chunk is larger than a data chunk when it names many
+/// chunks (one node of a big file names thousands); the message that
+/// carries it is bounded by the server's `max_payload` anyway.
+pub const MAX_TREE_CHUNK: usize = 16 << 20;
+
+/// Decodes a frame of either kind (at most [`MAX_TREE_CHUNK`] plain bytes)
+/// and checks that its plain bytes have id `id` under `key`.
 pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+    decode_within(frame, key, id, MAX_TREE_CHUNK)
+}
+
+/// Decodes a frame of a data chunk: at most [`MAX_CHUNK`] plain bytes.
+pub fn decode_data(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+    decode_within(frame, key, id, MAX_CHUNK)
+}
+
+/// Decodes a frame into at most `cap` plain bytes (never allocating more,
+/// whatever the frame holds) and checks that they have id `id` under `key`.
+pub fn decode_within(
+    frame: &[u8],
+    key: &[u8; 32],
+    id: &ChunkId,
+    cap: usize,
+) -> Result<Vec<u8>, RepoError> {
     let corrupt = |detail: String| RepoError::Corrupt {
         what: format!("chunk {id}"),
         detail,
@@ -83,8 +125,11 @@ pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, Rep
         return Err(corrupt(format!("unknown frame version {version}")));
     }
     let data = match *compression {
+        COMPRESSION_NONE if payload.len() > cap => {
+            return Err(corrupt(format!("holds more than {cap} bytes")));
+        }
         COMPRESSION_NONE => payload.to_vec(),
-        COMPRESSION_ZSTD => decompress(payload).map_err(|e| corrupt(format!("zstd: {e}")))?,
+        COMPRESSION_ZSTD => decompress(payload, cap).map_err(|e| corrupt(format!("zstd: {e}")))?,
         other => return Err(corrupt(format!("unknown compression {other}"))),
     };
     let actual = chunk_id(key, &data);
@@ -137,5 +182,70 @@ mod tests {
             chunk_id(&[0; 32], b"arca").to_hex(),
             blake3::keyed_hash(&[0; 32], b"arca").to_hex().to_string()
         );
+    }
+
+    /// A zstd frame of `n` zeros, with or without its content size in
+    /// the header.
+    fn zeros(n: usize, with_size: bool) -> Vec<u8> {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(with_size))
+            .unwrap();
+        let mut frame = vec![FRAME_VERSION, COMPRESSION_ZSTD];
+        frame.extend(c.compress(&vec![0u8; n]).unwrap());
+        frame
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_refused_with_or_without_its_size_in_the_header() {
+        for with_size in [true, false] {
+            let frame = zeros(MAX_CHUNK + 1, with_size);
+            assert!(frame.len() < 4096, "a bomb is small");
+            let id = chunk_id(&K, &vec![0u8; MAX_CHUNK + 1]);
+            let e = decode_data(&frame, &K, &id).unwrap_err().to_string();
+            assert!(e.contains("more than"), "{e}");
+            // Exactly the bound decodes, in both forms.
+            let frame = zeros(MAX_CHUNK, with_size);
+            let id = chunk_id(&K, &vec![0u8; MAX_CHUNK]);
+            assert_eq!(decode_data(&frame, &K, &id).unwrap().len(), MAX_CHUNK);
+        }
+        // A raw frame past the bound is refused too.
+        let mut raw = vec![FRAME_VERSION, COMPRESSION_NONE];
+        raw.extend(vec![1u8; MAX_CHUNK + 1]);
+        let id = chunk_id(&K, &raw[2..]);
+        assert!(decode_data(&raw, &K, &id).is_err());
+        assert!(decode(&raw, &K, &id).is_ok());
+    }
+
+    #[test]
+    fn two_zstd_frames_decode_no_more_than_the_first_one_states() {
+        let mut frame = zeros(1000, true);
+        let second = zeros(MAX_CHUNK, true);
+        frame.extend_from_slice(&second[2..]);
+        let id = chunk_id(&K, &[0u8; 1000]);
+        assert!(decode_data(&frame, &K, &id).is_err());
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder, and whatever it
+        /// returns is within the cap (a wrong id is the usual answer).
+        #[test]
+        fn arbitrary_frames_never_panic(frame in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let id = ChunkId([0; 32]);
+            let _ = decode_within(&frame, &K, &id, 4096);
+            let mut z = vec![FRAME_VERSION, COMPRESSION_ZSTD];
+            z.extend_from_slice(&frame);
+            let _ = decode_within(&z, &K, &id, 4096);
+        }
+
+        /// A frame that decodes at all decodes to at most the cap.
+        #[test]
+        fn decoded_chunks_stay_within_the_cap(n in 0usize..20_000, with_size in proptest::bool::ANY, cap in 0usize..20_000) {
+            let frame = zeros(n, with_size);
+            let id = chunk_id(&K, &vec![0u8; n]);
+            match decode_within(&frame, &K, &id, cap) {
+                Ok(d) => proptest::prop_assert!(d.len() <= cap && d.len() == n),
+                Err(_) => proptest::prop_assert!(n > cap),
+            }
+        }
     }
 }

@@ -23,8 +23,11 @@ use crate::crypto::Keys;
 pub const PACK_MAGIC: [u8; 8] = *b"ARCAPK\x01\x00";
 /// Bytes of a record before its sealed payload.
 pub const RECORD_HEADER: usize = 40;
-/// Largest sealed payload a record may hold.
-pub const MAX_SEALED: usize = crate::frame::MAX_CHUNK + 1024;
+/// Largest sealed payload a record may hold: the largest frame any
+/// version ever wrote (64 MiB; [`crate::frame::MAX_TREE_CHUNK`] and
+/// [`crate::frame::MAX_CHUNK`] are smaller now), so that older packs
+/// still scan.
+pub const MAX_SEALED: usize = (64 << 20) + 1024;
 
 /// Kind of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -431,6 +431,22 @@ impl Repository {
         self.locate(system, id).is_some()
     }
 
+    /// Bytes of the sealed records the index names for `system`: what the
+    /// repository holds for it (its quota's usage).
+    pub fn stored_bytes(&self, system: &str) -> u64 {
+        self.inner
+            .index
+            .read()
+            .expect("index lock")
+            .get(system)
+            .map_or(0, |m| m.values().map(|l| u64::from(l.len)).sum())
+    }
+
+    /// Length of the sealed record of a chunk of `system`, if stored.
+    pub fn chunk_len(&self, system: &str, id: &ChunkId) -> Option<u32> {
+        self.locate(system, id).map(|l| l.len)
+    }
+
     pub(crate) fn locate(&self, system: &str, id: &ChunkId) -> Option<Loc> {
         self.inner
             .index

@@ -21,6 +21,14 @@ use async_nats::{Client, Message};
 use futures::StreamExt;
 use serde::Deserialize;
 
+mod fair;
+pub mod limits;
+mod quota;
+mod sessions;
+mod tree_check;
+
+use sessions::Session;
+
 /// Configuration of a media service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -51,6 +59,22 @@ pub struct Config {
     /// TLS settings of the NATS connection.
     #[serde(default)]
     pub tls: Option<arca_runtime::nats::TlsFiles>,
+    /// A backup session no request used for this long is closed (its
+    /// job ended without saying so, or its agent stopped), seconds.
+    #[serde(default = "default_session_idle_secs")]
+    pub session_idle_secs: u64,
+    /// Most chunks one backup session may store or ask about (media keeps
+    /// their ids while the backup runs, for a prune running meanwhile).
+    #[serde(default = "default_session_max_chunks")]
+    pub session_max_chunks: usize,
+}
+
+fn default_session_idle_secs() -> u64 {
+    limits::DEFAULT_SESSION_IDLE_SECS
+}
+
+fn default_session_max_chunks() -> usize {
+    limits::DEFAULT_SESSION_MAX_CHUNKS
 }
 
 impl Config {
@@ -109,21 +133,6 @@ fn default_id() -> String {
     arca_schemas::names::DEFAULT_MEDIA.to_owned()
 }
 
-struct Session {
-    job: JobId,
-    system: String,
-    /// The key enrolled for `system` when the scheduler opened the
-    /// session: the only one whose manifest signature commits.
-    agent_key: String,
-    paths: Vec<String>,
-    committed: Option<SnapshotInfo>,
-    /// Chunks this backup stored or was told are stored: prune keeps them.
-    touched: std::collections::HashSet<arca_schemas::ChunkId>,
-    /// When the snapshot was committed.
-    committed_at: Option<std::time::Instant>,
-    opened_at: std::time::Instant,
-}
-
 /// A restore onto another system that an operator allowed: `target` may
 /// read the snapshot of `source`.
 struct RestoreGrant {
@@ -151,6 +160,14 @@ struct Media {
     /// commit, and the value of `removals` then: while it is unchanged,
     /// those chunks are still stored and a commit need not read them again.
     complete_trees: Mutex<HashMap<String, (u64, HashSet<arca_schemas::ChunkId>)>>,
+    /// Each system's share of the work on data requests.
+    fair: fair::Fairness,
+    /// What the systems with a quota hold.
+    usage: quota::Usage,
+    /// `session-idle-secs`.
+    session_idle: std::time::Duration,
+    /// `session-max-chunks`.
+    session_max_chunks: usize,
 }
 
 /// Rewrites the key file sealed by `passphrase`, or without one; the
@@ -229,6 +246,10 @@ pub async fn run(
         gate,
         removals: Default::default(),
         complete_trees: Mutex::new(HashMap::new()),
+        fair: fair::Fairness::new(),
+        usage: Default::default(),
+        session_idle: std::time::Duration::from_secs(config.session_idle_secs.max(1)),
+        session_max_chunks: config.session_max_chunks,
     });
     let mut control = client.subscribe(subject::media_all(&config.id)).await?;
     let mut data = client
@@ -251,9 +272,20 @@ pub async fn run(
             Some(msg) = data.next() => {
                 last_data = Some(tokio::time::Instant::now());
                 let m = media.clone();
-                tokio::spawn(async move { m.data(msg).await });
+                // A place among the requests in flight is taken here, so
+                // that a flood is answered "busy" instead of spawning a
+                // task per message.
+                match m.fair.admit(data_system(&msg.subject)) {
+                    Ok(place) => {
+                        tokio::spawn(async move { m.data(msg, place).await });
+                    }
+                    Err(busy) => {
+                        tokio::spawn(async move { respond::<()>(&m.client, &msg, Err(busy)).await });
+                    }
+                }
             }
             _ = tick.tick() => {
+                media.expire_sessions();
                 if last_data.is_some_and(|t| t.elapsed() >= QUIET) {
                     last_data = None;
                     tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
@@ -326,6 +358,12 @@ impl Media {
                     Err(e) => Err(e.to_reply()),
                 };
                 self.answer(&msg, None, r).await
+            }
+            Some(MediaVerb::CloseSession) => {
+                let r = decode_request::<CloseSession>(&msg.payload).map(|req| SessionClosed {
+                    closed: self.close_job(req.job),
+                });
+                respond(&self.client, &msg, r).await
             }
             Some(MediaVerb::Snapshots) => {
                 let r = self.list_snapshots(&msg.payload).await;
@@ -428,9 +466,11 @@ impl Media {
         }
     }
 
-    async fn data(self: Arc<Self>, msg: Message) {
-        // arca.media.<id>.data.<system>.<verb>
-        let system = msg.subject.split('.').nth(4).unwrap_or_default().to_owned();
+    async fn data(self: Arc<Self>, msg: Message, place: fair::Admitted) {
+        let system = data_system(&msg.subject).to_owned();
+        // One of the system's turns at the repository, for the whole
+        // request: a system flooding media waits behind itself.
+        let _turn = place.turn().await;
         match MediaDataVerb::parse(verb(&msg.subject)) {
             Some(MediaDataVerb::Has) => {
                 let r = self.has(&system, &msg.payload);
@@ -452,8 +492,11 @@ impl Media {
                 self.answer(&msg, Some(system), r).await
             }
             Some(MediaDataVerb::GetMany) => {
-                let r = self.clone().get_many(system, msg.payload.clone()).await;
-                respond(&self.client, &msg, r).await
+                let r = self
+                    .clone()
+                    .get_many(system.clone(), msg.payload.clone())
+                    .await;
+                self.answer(&msg, Some(system), r).await
             }
             Some(MediaDataVerb::Get) => {
                 let r = self.clone().get(system, msg.payload.clone()).await;
@@ -497,26 +540,27 @@ impl Media {
                 req.system
             )));
         };
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if let Some((id, _)) = sessions.iter().find(|(_, s)| s.job == req.job) {
-            return Ok(SessionOpened {
-                session: id.clone(),
-            });
+        if let Some(id) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .find(|(_, s)| s.job == req.job && !s.closed)
+            .map(|(id, _)| id.clone())
+        {
+            return Ok(SessionOpened { session: id });
         }
+        if req.quota_bytes.is_some() {
+            // What the system holds now; every put of the session adds.
+            self.usage
+                .set(&req.system, self.repo.stored_bytes(&req.system));
+        }
+        let mut sessions = self.sessions.lock().expect("sessions lock");
         let id = uuid::Uuid::new_v4().simple().to_string();
-        tracing::info!(job = %req.job, system = %req.system, session = %id, "session opened");
+        tracing::info!(job = %req.job, system = %req.system, session = %id, quota = ?req.quota_bytes, "session opened");
         sessions.insert(
             id.clone(),
-            Session {
-                job: req.job,
-                system: req.system,
-                agent_key,
-                paths: req.paths,
-                committed: None,
-                touched: Default::default(),
-                committed_at: None,
-                opened_at: std::time::Instant::now(),
-            },
+            Session::new(req.job, req.system, agent_key, req.paths, req.quota_bytes),
         );
         Ok(SessionOpened { session: id })
     }
@@ -590,21 +634,6 @@ impl Media {
         }
     }
 
-    /// Checks that `session` exists and belongs to `system`.
-    fn check_session(&self, session: &str, system: &str) -> Result<(), ErrorReply> {
-        let sessions = self.sessions.lock().expect("sessions lock");
-        match sessions.get(session) {
-            Some(s) if s.system == system => Ok(()),
-            Some(_) => Err(ErrorReply::bad_request(format!(
-                "session {session} does not belong to system {system}"
-            ))),
-            None => Err(ErrorReply::not_found(format!(
-                "no session {session} on media {}; the media service may have restarted: run the backup again",
-                self.id
-            ))),
-        }
-    }
-
     async fn put(
         self: Arc<Self>,
         system: String,
@@ -612,20 +641,20 @@ impl Media {
     ) -> Result<ChunkStored, ErrorReply> {
         let req: PutChunk = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
-        self.touch(&req.session, &[req.id]);
+        self.touch(&req.session, &[req.id])?;
+        let quota = self.session_quota(&req.session);
         blocking("put", move || {
             if self.repo.has_chunk(&system, &req.id) {
                 return Ok(ChunkStored { new: false });
             }
-            // The agent's claim is checked: the frame must hash to its id
-            // under the system's key, so a chunk can never lie about itself.
-            frame::decode(&req.frame, &self.repo.chunk_id_key(&system), &req.id)
-                .map_err(|e| e.to_reply())?;
             let kind = if req.tree { Kind::Tree } else { Kind::Data };
+            let reserved = self.usage.reserve(&system, quota, req.frame.len() as u64)?;
+            check_frame(&self.repo, &system, kind, &req.id, &req.frame)?;
             let new = self
                 .repo
                 .put_chunk(&system, kind, &req.id, &req.frame)
                 .map_err(|e| e.to_reply())?;
+            reserved.keep(if new { req.frame.len() as u64 } else { 0 });
             Ok(ChunkStored { new })
         })
         .await
@@ -639,44 +668,48 @@ impl Media {
     ) -> Result<ChunksStored, ErrorReply> {
         let req: PutChunks = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
+        limits::at_most("put-many", req.chunks.len(), limits::MAX_PUT_CHUNKS)?;
         let ids: Vec<_> = req.chunks.iter().map(|c| c.id).collect();
-        self.touch(&req.session, &ids);
+        self.touch(&req.session, &ids)?;
+        let quota = self.session_quota(&req.session);
         blocking("put", move || {
-            let key = self.repo.chunk_id_key(&system);
-            // Every chunk's claim is checked, as for a single put.
-            for c in &req.chunks {
-                if !self.repo.has_chunk(&system, &c.id) {
-                    frame::decode(&c.frame, &key, &c.id).map_err(|e| e.to_reply())?;
-                }
-            }
-            let items: Vec<(Kind, arca_schemas::ChunkId, &[u8])> = req
+            // Each chunk once: a repeated id, or one already stored, is
+            // answered as not new without being decoded.
+            let mut seen = HashSet::new();
+            let todo: Vec<&PutChunk> = req
                 .chunks
+                .iter()
+                .filter(|c| seen.insert(c.id) && !self.repo.has_chunk(&system, &c.id))
+                .collect();
+            let bytes = todo.iter().map(|c| c.frame.len() as u64).sum();
+            let reserved = self.usage.reserve(&system, quota, bytes)?;
+            // Every chunk's claim is checked, as for a single put.
+            let items: Vec<(Kind, arca_schemas::ChunkId, &[u8])> = todo
                 .iter()
                 .map(|c| {
                     let kind = if c.tree { Kind::Tree } else { Kind::Data };
-                    (kind, c.id, c.frame.as_slice())
+                    check_frame(&self.repo, &system, kind, &c.id, &c.frame)?;
+                    Ok((kind, c.id, c.frame.as_slice()))
                 })
-                .collect();
-            let new = self
+                .collect::<Result<_, ErrorReply>>()?;
+            let stored = self
                 .repo
                 .put_chunks(&system, &items)
                 .map_err(|e| e.to_reply())?;
+            let mut new = vec![false; req.chunks.len()];
+            let mut kept = 0;
+            for ((_, id, frame), n) in items.iter().zip(stored) {
+                if n {
+                    kept += frame.len() as u64;
+                    if let Some(i) = req.chunks.iter().position(|c| c.id == *id) {
+                        new[i] = true;
+                    }
+                }
+            }
+            reserved.keep(kept);
             Ok(ChunksStored { new })
         })
         .await
-    }
-
-    /// Records that a session depends on these chunks, before it is told
-    /// whether they exist, so that a prune running meanwhile keeps them.
-    fn touch(&self, session: &str, ids: &[arca_schemas::ChunkId]) {
-        if let Some(s) = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .get_mut(session)
-        {
-            s.touched.extend(ids.iter().copied());
-        }
     }
 
     /// True when a backup depends on the chunk although no snapshot that
@@ -694,24 +727,11 @@ impl Media {
             })
     }
 
-    /// Forgets sessions no prune needs any more: committed before `since`,
-    /// or opened more than a day ago.
-    fn drop_old_sessions(&self, since: std::time::Instant) {
-        let day = std::time::Duration::from_secs(24 * 3600);
-        self.sessions.lock().expect("sessions lock").retain(|_, s| {
-            s.committed_at.is_none_or(|t| t >= since) && s.opened_at.elapsed() < day
-        });
-    }
-
     fn has(&self, system: &str, payload: &[u8]) -> Result<HasChunksReply, ErrorReply> {
         let req: HasChunks = decode_request(payload)?;
         self.check_session(&req.session, system)?;
-        if req.ids.len() > MAX_HAS_BATCH {
-            return Err(ErrorReply::bad_request(format!(
-                "at most {MAX_HAS_BATCH} ids per request"
-            )));
-        }
-        self.touch(&req.session, &req.ids);
+        limits::at_most("has", req.ids.len(), MAX_HAS_BATCH)?;
+        self.touch(&req.session, &req.ids)?;
         Ok(HasChunksReply {
             present: req
                 .ids
@@ -753,6 +773,10 @@ impl Media {
         .await
     }
 
+    /// Several chunks in one answer: at most [`limits::MAX_GET_IDS`] ids
+    /// and [`limits::MAX_GET_BYTES`] of frames (counted from the index
+    /// before anything is read, a repeated id as often as it is named);
+    /// each distinct chunk is read once.
     async fn get_many(
         self: Arc<Self>,
         system: String,
@@ -760,19 +784,50 @@ impl Media {
     ) -> Result<ChunksData, ErrorReply> {
         let req: GetChunks = decode_request(&payload)?;
         let (system, _) = self.read_scope(&system, req.session.as_deref())?;
+        limits::at_most("get-many", req.ids.len(), limits::MAX_GET_IDS)?;
+        let bytes: u64 = req
+            .ids
+            .iter()
+            .filter_map(|id| self.repo.chunk_len(&system, id))
+            .map(u64::from)
+            .sum();
+        if bytes > limits::MAX_GET_BYTES {
+            return Err(ErrorReply::bad_request(format!(
+                "refused: get-many asks for {} of chunks, at most {} per request; ask for \
+                 fewer chunks at a time",
+                quota::human(bytes),
+                quota::human(limits::MAX_GET_BYTES)
+            )));
+        }
         blocking("get", move || {
-            let chunks = self
-                .repo
-                .get_chunks(&system, &req.ids)
-                .into_iter()
-                .map(|r| match r {
+            let mut seen = HashSet::new();
+            let distinct: Vec<arca_schemas::ChunkId> = req
+                .ids
+                .iter()
+                .filter(|id| seen.insert(**id))
+                .copied()
+                .collect();
+            let read: HashMap<arca_schemas::ChunkId, Result<Vec<u8>, ErrorReply>> = distinct
+                .iter()
+                .copied()
+                .zip(
+                    self.repo
+                        .get_chunks(&system, &distinct)
+                        .into_iter()
+                        .map(|r| r.map_err(|e| e.to_reply())),
+                )
+                .collect();
+            let chunks = req
+                .ids
+                .iter()
+                .map(|id| match &read[id] {
                     Ok(frame) => FetchedChunk {
-                        frame: Some(frame),
+                        frame: Some(frame.clone()),
                         error: None,
                     },
                     Err(e) => FetchedChunk {
                         frame: None,
-                        error: Some(e.to_reply()),
+                        error: Some(e.clone()),
                     },
                 })
                 .collect();
@@ -788,9 +843,23 @@ impl Media {
     ) -> Result<SnapshotCommitted, ErrorReply> {
         let req: CommitSnapshot = decode_request(&payload)?;
         self.check_session(&req.session, &system)?;
+        if req.tree.len() > limits::MAX_TREE_CHUNKS {
+            return Err(tree_check::refused(
+                &system,
+                format!(
+                    "names {} tree chunks, at most {}",
+                    req.tree.len(),
+                    limits::MAX_TREE_CHUNKS
+                ),
+            ));
+        }
+        // One commit of a session at a time; the next gets its answer.
+        let _committing = self.start_commit(&req.session)?;
         let (job, paths, agent_key) = {
             let sessions = self.sessions.lock().expect("sessions lock");
-            let s = &sessions[&req.session];
+            let s = sessions
+                .get(&req.session)
+                .ok_or_else(|| ErrorReply::not_found(format!("no session {}", req.session)))?;
             if let Some(info) = &s.committed {
                 return Ok(SnapshotCommitted {
                     snapshot: info.clone(),
@@ -868,6 +937,16 @@ impl Media {
                 _ => HashSet::new(),
             }
         };
+        // Each tree chunk is decoded once; a tree naming one twice would
+        // make every restore of it do the work twice, and is refused.
+        let mut seen = HashSet::with_capacity(tree.len());
+        if let Some(twice) = tree.iter().find(|id| !seen.insert(**id)) {
+            return Err(tree_check::refused(
+                system,
+                format!("names tree chunk {twice} more than once"),
+            ));
+        }
+        drop(seen);
         for id in tree {
             if known.contains(id) {
                 if !self.repo.has_chunk(system, id) {
@@ -882,13 +961,15 @@ impl Media {
             let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
                 ErrorReply::bad_request(format!("tree chunk {id} is not a tree: {e}"))
             })?;
+            drop(plain);
+            tree_check::check_batch(system, id, &batch)?;
             for node in &batch.nodes {
                 if let NodeKind::File { chunks, .. } = &node.kind
                     && let Some(missing) = chunks.iter().find(|c| !self.repo.has_chunk(system, c))
                 {
                     return Err(ErrorReply::bad_request(format!(
                         "chunk {missing} of {} is not stored; snapshot not committed",
-                        String::from_utf8_lossy(&node.path)
+                        arca_schemas::text::escape_bytes(&node.path)
                     )));
                 }
             }
@@ -1004,4 +1085,29 @@ fn list_tree(repo: &Repository, req: &ListTree) -> Result<TreePage, ErrorReply> 
         pages,
         entries,
     })
+}
+
+/// The system of a data subject: `arca.media.<id>.data.<system>.<verb>`.
+fn data_system(subject: &str) -> &str {
+    subject.split('.').nth(4).unwrap_or_default()
+}
+
+/// Checks an agent's claim about a chunk before it is stored: the frame
+/// decodes, within the bound of its kind ([`frame::MAX_CHUNK`] for data,
+/// [`frame::MAX_TREE_CHUNK`] for a tree), to bytes that hash to its id
+/// under the system's key, so a chunk can never lie about itself.
+fn check_frame(
+    repo: &Repository,
+    system: &str,
+    kind: Kind,
+    id: &arca_schemas::ChunkId,
+    bytes: &[u8],
+) -> Result<(), ErrorReply> {
+    let cap = match kind {
+        Kind::Data => frame::MAX_CHUNK,
+        Kind::Tree => frame::MAX_TREE_CHUNK,
+    };
+    frame::decode_within(bytes, &repo.chunk_id_key(system), id, cap)
+        .map(drop)
+        .map_err(|e| e.to_reply())
 }

@@ -236,6 +236,7 @@ impl Driver {
             self.save().await;
         }
         let cleanup = self.cleanup(system).await;
+        close_media_session(&self.sched.client, &system.media, self.rec.id).await;
         renewer.abort();
         self.end(cleanup).await;
     }
@@ -646,6 +647,7 @@ impl Driver {
                     job: self.rec.id,
                     system: system.name.clone(),
                     paths: system.paths.clone(),
+                    quota_bytes: system.quota.map(|q| q.0),
                 };
                 let token = self.token(
                     &system.name,
@@ -1035,6 +1037,22 @@ impl Driver {
             seconds: (now - self.rec.created).num_milliseconds() as f64 / 1000.0,
         })
         .await;
+    }
+}
+
+/// Tells media that a job ended: its backup session accepts nothing more
+/// and its restore grant ends.
+/// Media also closes a session nothing uses after its `session-idle-secs`,
+/// so a failure here is only logged.
+async fn close_media_session(client: &async_nats::Client, media: &str, job: arca_schemas::JobId) {
+    let r: Result<arca_schemas::msg::SessionClosed, RpcError> = rpc::request(
+        client,
+        subject::media(media, MediaVerb::CloseSession),
+        &arca_schemas::msg::CloseSession { job },
+    )
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(%job, %media, error = %e, "media did not confirm closing the job's session; it expires when idle");
     }
 }
 

@@ -32,6 +32,8 @@
 //!   tokens, signed manifests, cross-system restores, audit, TLS.
 //! - `hostile`: the compromised-system fixture (`Stack::compromised`,
 //!   `arca_testkit::hostile`) serves a real job.
+//! - `hostile_media`: media bounds a compromised system's requests and
+//!   refuses its hostile trees at commit; quotas; sessions closed and expired.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -43,6 +45,7 @@ mod events;
 mod firewall;
 mod hooks;
 mod hostile;
+mod hostile_media;
 mod metadata;
 mod postgres;
 mod registry;

@@ -240,6 +240,8 @@ async fn forged_expired_replayed_and_misdirected_tokens_are_refused_and_audited(
         job,
         system: "tk".into(),
         paths: vec![],
+
+        quota_bytes: None,
     };
     let msubj = subject::media("main", MediaVerb::Session);
     let mbody = codec::encode(&open).unwrap();
@@ -307,6 +309,8 @@ async fn a_manifest_signed_by_another_systems_key_is_not_committed() {
         job,
         system: "mb".into(),
         paths: vec!["/x".into()],
+
+        quota_bytes: None,
     };
     let subj = subject::media("main", MediaVerb::Session);
     let body = codec::encode(&open).unwrap();

@@ -758,6 +758,7 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         schedules: Default::default(),
         retention: Default::default(),
         priority: 0,
+        job_timeout_secs: None,
     }
 }
 

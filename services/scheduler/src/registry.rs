@@ -179,6 +179,7 @@ pub(crate) fn placeholder(name: &str) -> SystemConfig {
         schedules: Default::default(),
         retention: Default::default(),
         priority: 0,
+        job_timeout_secs: None,
     }
 }
 

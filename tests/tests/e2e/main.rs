@@ -32,6 +32,8 @@
 //!   tokens, signed manifests, cross-system restores, audit, TLS.
 //! - `hostile`: the compromised-system fixture (`Stack::compromised`,
 //!   `arca_testkit::hostile`) serves a real job.
+//! - `hostile_jobs`: a compromised system against the scheduler, the audit
+//!   and events streams, job tokens and the console.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -40,9 +42,10 @@ mod bad_input;
 mod crash;
 mod dashboard;
 mod events;
-mod hostile;
 mod firewall;
 mod hooks;
+mod hostile;
+mod hostile_jobs;
 mod metadata;
 mod postgres;
 mod registry;

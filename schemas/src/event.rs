@@ -167,8 +167,12 @@ pub enum EventDetail {
         snapshot: Option<SnapshotId>,
         /// Final counters.
         stats: TransferStats,
-        /// Files not read or written.
+        /// Files not read or written (the first
+        /// [`crate::job::FILE_ERRORS_NAMED`]).
         file_errors: Vec<FileError>,
+        /// Files not read or written beyond those named.
+        #[serde(default)]
+        file_errors_not_named: u64,
         /// Why it failed.
         error: Option<String>,
         /// Seconds from selection to end.

@@ -149,6 +149,42 @@ pub struct FileError {
     pub error: String,
 }
 
+/// File errors (and, apart, warnings) named per job, in its record and
+/// its events; the rest are counted ([`JobRecord::file_errors_not_named`]).
+pub const FILE_ERRORS_NAMED: usize = 50;
+
+/// Most bytes of a path an agent reports (a file error, the file being
+/// read), as kept in job records and events; longer ones are cut.
+pub const REPORTED_PATH_MAX: usize = 768;
+
+/// Most bytes of a message an agent reports (a file's error), as kept.
+pub const REPORTED_MESSAGE_MAX: usize = 256;
+
+/// Most bytes of a hook's output kept in events and records (the agent
+/// sends at most its 8 KiB tail).
+pub const REPORTED_OUTPUT_MAX: usize = 8 * 1024 + 64;
+
+impl FileError {
+    /// The error with its path and message cut to their bounds.
+    pub fn bounded(&self) -> FileError {
+        FileError {
+            path: crate::text::bounded(&self.path, REPORTED_PATH_MAX).into_owned(),
+            error: crate::text::bounded(&self.error, REPORTED_MESSAGE_MAX).into_owned(),
+        }
+    }
+
+    /// The first [`FILE_ERRORS_NAMED`] of `all`, bounded, and how many
+    /// more there were.
+    pub fn capped(all: &[FileError]) -> (Vec<FileError>, u64) {
+        let named = all
+            .iter()
+            .take(FILE_ERRORS_NAMED)
+            .map(FileError::bounded)
+            .collect();
+        (named, all.len().saturating_sub(FILE_ERRORS_NAMED) as u64)
+    }
+}
+
 /// Glob patterns choosing paths of a snapshot. A pattern with a `/` is
 /// matched against the whole absolute path, one without against each name
 /// in it; `*` and `?` stay within a name, `**` crosses folders. A folder
@@ -228,6 +264,18 @@ pub struct JobRecord {
     /// Files transferred with a warning (e.g. changed while read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub file_warnings: Vec<FileError>,
+    /// Files that could not be read or written beyond the first
+    /// [`FILE_ERRORS_NAMED`] named in `file-errors`: counted, not named.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_errors_not_named: u64,
+    /// Warnings beyond the first [`FILE_ERRORS_NAMED`] named in
+    /// `file-warnings`: counted, not named.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_warnings_not_named: u64,
+    /// When the job is cancelled and fails unless it ended before: set
+    /// when it starts (see the system's `job-timeout-secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
     /// Restore only: which of the snapshot's paths it writes.
     #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
     pub filter: PathFilter,
@@ -262,6 +310,10 @@ pub struct JobRecord {
     /// The operator who asked, when the console said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Who selected a job.

@@ -85,6 +85,65 @@ pub fn audit(service: &str, id: &str, kind: &str) -> String {
     format!("arca.audit.{service}.{id}.{kind}")
 }
 
+/// An audit record of a high-trust service about one system:
+/// `arca.audit.<service>.<id>.<kind>.<system>`. With the system in the
+/// subject, the audit stream's per-subject limit gives each system a budget
+/// of its own, so records caused by one system never push out another's.
+pub fn audit_about(service: &str, id: &str, kind: &str, system: &str) -> String {
+    format!("arca.audit.{service}.{id}.{kind}.{system}")
+}
+
+/// Who wrote an audit record and about which system, as its subject says
+/// (the server lets each user publish only under its own service and id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSubject {
+    /// `scheduler`, `media`, `agent` (or another service's name).
+    pub service: String,
+    /// The service's id; an agent's is its system.
+    pub id: String,
+    /// The kind token.
+    pub kind: String,
+    /// The system concerned: an agent's own system, or the fifth token.
+    pub system: Option<String>,
+}
+
+impl AuditSubject {
+    /// Reads `arca.audit.<service>.<id>.<kind>[.<system>]`.
+    pub fn parse(subject: &str) -> Option<Self> {
+        let mut t = subject.split('.');
+        if (t.next(), t.next()) != (Some("arca"), Some("audit")) {
+            return None;
+        }
+        let service = t.next()?.to_owned();
+        let id = t.next()?.to_owned();
+        let kind = t.next()?.to_owned();
+        let fifth = t.next().map(str::to_owned);
+        if t.next().is_some() {
+            return None;
+        }
+        let system = if service == "agent" {
+            // An agent's records are about itself, whatever else they say.
+            if fifth.is_some() {
+                return None;
+            }
+            Some(id.clone())
+        } else {
+            fifth
+        };
+        Some(AuditSubject {
+            service,
+            id,
+            kind,
+            system,
+        })
+    }
+
+    /// `<service>/<id>`, as records name their author.
+    pub fn by(&self) -> String {
+        format!("{}/{}", self.service, self.id)
+    }
+}
+
 /// Every audit record.
 pub const AUDIT_ALL: &str = "arca.audit.>";
 
@@ -106,14 +165,18 @@ pub struct Permissions {
 }
 
 /// The agent of `system`: requests to it, its own data subjects on every
-/// media service, its own audit records and its own inbox; nothing else,
-/// no JetStream.
+/// media service, its own audit records (of the kinds an agent records,
+/// [`crate::trust::AuditKind::BY_AGENT`], one subject each) and its own
+/// inbox; nothing else, no JetStream.
 pub fn agent_permissions(system: &str) -> Permissions {
+    let mut publish = vec![format!("arca.media.*.data.{system}.>")];
+    publish.extend(
+        crate::trust::AuditKind::BY_AGENT
+            .iter()
+            .map(|k| audit("agent", system, k.as_str())),
+    );
     Permissions {
-        publish: vec![
-            format!("arca.media.*.data.{system}.>"),
-            format!("arca.audit.agent.{system}.>"),
-        ],
+        publish,
         subscribe: vec![
             format!("arca.agent.{system}.>"),
             format!("{}.>", agent_inbox_prefix(system)),
@@ -286,6 +349,27 @@ mod tests {
             event(&job, "selected"),
             "arca.events.0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.selected"
         );
+    }
+
+    #[test]
+    fn audit_subjects_name_their_author_and_system() {
+        let a = AuditSubject::parse(&audit("agent", "evil", "refused")).unwrap();
+        assert_eq!(
+            (a.by(), a.system.as_deref(), a.kind.as_str()),
+            ("agent/evil".to_owned(), Some("evil"), "refused")
+        );
+        let s = AuditSubject::parse(&audit_about("scheduler", "main", "enrolled", "web01"));
+        assert_eq!(s.unwrap().system.as_deref(), Some("web01"));
+        let s = AuditSubject::parse(&audit("media", "main", "refused")).unwrap();
+        assert_eq!((s.by(), s.system), ("media/main".to_owned(), None));
+        for bad in [
+            "arca.audit.agent.evil.refused.other",
+            "arca.audit.agent.evil",
+            "arca.events.x.y.z",
+            "arca.audit.media.main.refused.a.b",
+        ] {
+            assert_eq!(AuditSubject::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub struct SystemConfig {
     /// Jobs selected together run in priority order, highest first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Overall deadline of a job of this system, in seconds from its
+    /// start: at it the transfer is cancelled, the post hook runs, the
+    /// window closes and the job fails. Unset: the scheduler's
+    /// `job-timeout-secs` (4 h) or 3 times the system's longest recent
+    /// successful job of that kind, whichever is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_timeout_secs: Option<u64>,
     /// Most bytes the repository may hold for this system (`"50 GiB"`,
     /// `"800 MB"`, or a number of bytes). Media refuses a chunk that
     /// would take the system past it, and the backup fails saying so.
@@ -475,6 +482,11 @@ impl SystemConfig {
                     "retention.{name} must be at least 1 (leave it out to keep all)"
                 )));
             }
+        }
+        if self.job_timeout_secs.is_some_and(|t| t < 10) {
+            return Err(field(
+                "job-timeout-secs must be at least 10 (leave it out for the default)",
+            ));
         }
         if !valid_token(&self.media) {
             return Err(field(&format!(

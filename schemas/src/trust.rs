@@ -22,6 +22,11 @@ pub const TOKEN_HEADER: &str = "Arca-Token";
 /// within this).
 pub const TOKEN_LIFETIME_SECS: i64 = 120;
 
+/// Seconds a token's issue time may lie ahead of the receiver's clock: a
+/// token dated further in the future is refused (the clocks of the
+/// scheduler and of every receiver must agree within this).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 30;
+
 /// What one token allows: one request, on one subject, with one body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -84,8 +89,11 @@ pub struct SnapshotManifest {
 /// Version of [`SnapshotManifest`] and [`TokenClaims`].
 pub const TRUST_VERSION: u32 = 1;
 
-/// One audit record, JSON, on `arca.audit.<service>.<id>.<kind>` and kept
-/// in the stream `ARCA_AUDIT`.
+/// One audit record, JSON, on `arca.audit.<service>.<id>.<kind>` (a
+/// high-trust service's record about one system adds the system as a
+/// fifth token, see [`crate::subject::audit`]) and kept in the stream
+/// `ARCA_AUDIT`. A reader believes the subject, which the server enforces,
+/// over the body: `by`, `system` and `kind` are taken from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct AuditRecord {
@@ -124,6 +132,17 @@ pub struct AuditRecord {
     /// Refusals: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set by the reader, never by the writer: true when the record is an
+    /// agent's own report (it came on `arca.audit.agent.<system>...`), so
+    /// what it says is that system's claim, not what a high-trust service
+    /// saw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim: bool,
+    /// Set by the reader, never by the writer: what the body said that its
+    /// subject contradicts (another author, system or kind). The record
+    /// shows what the subject, which the server enforces, says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
 }
 
 /// Kinds of [`AuditRecord`].
@@ -143,7 +162,25 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    /// Kebab-case name; also the last token of the subject.
+    /// Every kind.
+    pub const ALL: &'static [AuditKind] = &[
+        AuditKind::Enrolled,
+        AuditKind::KeyChanged,
+        AuditKind::CrossSystemRestore,
+        AuditKind::Refused,
+    ];
+
+    /// The kinds an agent may record about itself (the server lets it
+    /// publish only these): a bounded set, so that its records fall under
+    /// a bounded number of subjects of the audit stream.
+    pub const BY_AGENT: &'static [AuditKind] = &[AuditKind::Refused];
+
+    /// The kind named `s` (its [`AuditKind::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+
+    /// Kebab-case name; the fourth token of the subject.
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::Enrolled => "enrolled",
@@ -171,6 +208,8 @@ impl AuditRecord {
             previous_key: None,
             subject: None,
             reason: None,
+            claim: false,
+            mismatch: None,
         }
     }
 }

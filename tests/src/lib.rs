@@ -759,6 +759,7 @@ pub fn system(name: &str, paths: &[&Path]) -> SystemConfig {
         retention: Default::default(),
         priority: 0,
         quota: None,
+        job_timeout_secs: None,
     }
 }
 

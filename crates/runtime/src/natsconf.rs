@@ -177,7 +177,7 @@ mod tests {
         };
         let text = render(&users, None).unwrap();
         assert!(text.contains(&format!(
-            "{{ nkey: \"{a}\", permissions: {{ publish: {{ allow: [\"arca.media.*.data.web01.>\", \"arca.audit.agent.web01.>\"] }}, subscribe: {{ allow: [\"arca.agent.web01.>\", \"_INBOX_web01.>\"] }}, allow_responses: true }} }}"
+            "{{ nkey: \"{a}\", permissions: {{ publish: {{ allow: [\"arca.media.*.data.web01.>\", \"arca.audit.agent.web01.refused\"] }}, subscribe: {{ allow: [\"arca.agent.web01.>\", \"_INBOX_web01.>\"] }}, allow_responses: true }} }}"
         )), "{text}");
         let twice = Users {
             agents: vec![("a".into(), a.clone()), ("b".into(), a)],

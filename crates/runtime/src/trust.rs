@@ -8,12 +8,24 @@
 //! signature by the scheduler key it trusts, the subject and body the
 //! token was issued for, the system it serves, the expiry, and a nonce it
 //! has not seen before (kept until the token would have expired anyway).
+//! The nonces live in memory only, so a gate also refuses every token
+//! issued before it was made: a restarted receiver accepts no token it
+//! might have accepted before, and a restart opens no replay window. A
+//! token dated more than [`MAX_CLOCK_SKEW_SECS`] ahead of the receiver's
+//! clock is refused too.
+//!
+//! Audit records are believed as their subject says, never as their body
+//! says: the server lets each user publish only under its own service and
+//! id, so [`read_audit`] takes the author, the system and the kind from the
+//! subject, marks an agent's records as its claims, and flags a body that
+//! says otherwise.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use arca_schemas::trust::{
-    AuditRecord, SnapshotManifest, TOKEN_HEADER, TOKEN_LIFETIME_SECS, TRUST_VERSION, TokenClaims,
+    AuditKind, AuditRecord, MAX_CLOCK_SKEW_SECS, SnapshotManifest, TOKEN_HEADER,
+    TOKEN_LIFETIME_SECS, TRUST_VERSION, TokenClaims,
 };
 use arca_schemas::{ChunkId, JobId, SnapshotId, subject};
 use chrono::{DateTime, Utc};
@@ -42,6 +54,28 @@ pub enum TrustError {
     /// The token was issued for another request.
     #[error("the job token is for another request: {0}")]
     Mismatch(String),
+    /// The token was issued before this receiver started: its nonce may
+    /// have been used with the process that ran before.
+    #[error(
+        "the job token was issued at {issued}, before this service started at {started}; \
+         a token from before a restart is never accepted (the scheduler issues a fresh one \
+         with its next request; if this repeats, check that the clocks agree)"
+    )]
+    BeforeStart {
+        /// When the token says it was issued.
+        issued: DateTime<Utc>,
+        /// When the receiving gate was made.
+        started: DateTime<Utc>,
+    },
+    /// The token is dated further ahead than the clock skew allowed.
+    #[error(
+        "the job token is dated {issued}, more than {MAX_CLOCK_SKEW_SECS}s ahead of this \
+         host's clock; the clocks of the scheduler and this host must agree (use NTP)"
+    )]
+    FromTheFuture {
+        /// When the token says it was issued.
+        issued: DateTime<Utc>,
+    },
 }
 
 impl TrustError {
@@ -137,6 +171,8 @@ pub fn open(trusted_key: &str, token: &str) -> Result<TokenClaims, TrustError> {
 #[derive(Debug)]
 pub struct Gate {
     trusted_key: String,
+    /// When the gate was made: tokens issued earlier are refused.
+    started: DateTime<Utc>,
     seen: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -150,13 +186,15 @@ impl Gate {
         );
         Ok(Gate {
             trusted_key: trusted_key.to_owned(),
+            started: Utc::now(),
             seen: Mutex::new(HashMap::new()),
         })
     }
 
     /// Checks the token of `msg`: signed by the trusted scheduler, issued
-    /// for this subject and this body, unexpired, not seen before. The
-    /// caller checks `system` and what else the request needs.
+    /// for this subject and this body, after this gate was made and not
+    /// too far in the future, unexpired, not seen before. The caller
+    /// checks `system` and what else the request needs.
     pub fn check(&self, msg: &async_nats::Message) -> Result<TokenClaims, TrustError> {
         let token = msg
             .headers
@@ -180,6 +218,17 @@ impl Gate {
         if claims.expires <= now {
             return Err(TrustError::Expired(claims.expires));
         }
+        if claims.issued > now + chrono::Duration::seconds(MAX_CLOCK_SKEW_SECS) {
+            return Err(TrustError::FromTheFuture {
+                issued: claims.issued,
+            });
+        }
+        if claims.issued < self.started {
+            return Err(TrustError::BeforeStart {
+                issued: claims.issued,
+                started: self.started,
+            });
+        }
         let mut seen = self.seen.lock().expect("nonces lock");
         seen.retain(|_, expires| *expires > now);
         if seen.contains_key(&claims.nonce) {
@@ -201,12 +250,25 @@ pub fn manifest_bytes(system: &str, job: JobId, tree: &[ChunkId]) -> Vec<u8> {
     .expect("manifest encodes")
 }
 
-/// Publishes an audit record on `arca.audit.<service>.<id>.<kind>` and waits
-/// for the `ARCA_AUDIT` stream to store it; failures are logged, since a
-/// refusal stands whether or not its record could be kept.
-pub async fn audit(client: &async_nats::Client, service: &str, id: &str, record: AuditRecord) {
+/// Most bytes of an audit record's `reason` (they may quote what a system
+/// sent); longer ones are cut.
+pub const AUDIT_REASON_MAX: usize = 2048;
+
+/// Publishes an audit record on `arca.audit.<service>.<id>.<kind>` (for a
+/// high-trust service's record about a system, with the system as a fifth
+/// token) and waits for the `ARCA_AUDIT` stream to store it; failures are
+/// logged, since a refusal stands whether or not its record could be kept.
+pub async fn audit(client: &async_nats::Client, service: &str, id: &str, mut record: AuditRecord) {
     tracing::warn!(kind = record.kind.as_str(), system = ?record.system, reason = ?record.reason, "audit");
-    let subject = subject::audit(service, id, record.kind.as_str());
+    if let Some(r) = &record.reason {
+        record.reason = Some(arca_schemas::text::bounded(r, AUDIT_REASON_MAX).into_owned());
+    }
+    let subject = match record.system.as_deref() {
+        Some(system) if service != "agent" && subject::valid_token(system) => {
+            subject::audit_about(service, id, record.kind.as_str(), system)
+        }
+        _ => subject::audit(service, id, record.kind.as_str()),
+    };
     let body = match serde_json::to_vec(&record) {
         Ok(b) => b,
         Err(e) => {
@@ -257,10 +319,17 @@ pub async fn read_audit(
         let Ok(Some(m)) = next else { break };
         let m = m?;
         let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        match serde_json::from_slice::<AuditRecord>(&m.payload) {
-            Ok(r) if since.is_none_or(|t| r.time >= t) => out.push(r),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(subject = %m.subject, error = %e, "unreadable audit record"),
+        let stored = m
+            .info()
+            .ok()
+            .and_then(|i| {
+                DateTime::from_timestamp(i.published.unix_timestamp(), i.published.nanosecond())
+            })
+            .unwrap_or_else(Utc::now);
+        match as_subject_says(&m.subject, &m.payload, stored) {
+            Some(r) if since.is_none_or(|t| r.time >= t) => out.push(r),
+            Some(_) => {}
+            None => tracing::warn!(subject = %m.subject, "audit record on an unknown subject"),
         }
         if pending == 0 {
             break;
@@ -269,9 +338,138 @@ pub async fn read_audit(
     Ok(out)
 }
 
+/// The record stored on `subject` with `body`, as the subject says: the
+/// author (`by`), the system and the kind come from the subject, which the
+/// server enforces; a record under `arca.audit.agent.<system>` is that
+/// agent's claim; whatever the body said otherwise is kept in `mismatch`;
+/// an agent's claim is dated when the stream stored it (`stored`). A body
+/// that cannot be read still yields a record, flagged. `None` for a
+/// subject that is not an audit subject.
+pub fn as_subject_says(subject: &str, body: &[u8], stored: DateTime<Utc>) -> Option<AuditRecord> {
+    let s = subject::AuditSubject::parse(subject)?;
+    let kind = AuditKind::parse(&s.kind);
+    let mut problems = Vec::new();
+    let mut r = match serde_json::from_slice::<AuditRecord>(body) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!(
+                "unreadable body: {}",
+                arca_schemas::text::bounded(&e.to_string(), 200)
+            ));
+            let mut r = AuditRecord::new(kind.unwrap_or(AuditKind::Refused), s.by());
+            r.time = stored;
+            r
+        }
+    };
+    let by = s.by();
+    if r.by != by {
+        problems.push(format!("body says by={:?}", r.by));
+        r.by = by;
+    }
+    match kind {
+        Some(k) if k != r.kind => {
+            problems.push(format!("body says kind={}", r.kind.as_str()));
+            r.kind = k;
+        }
+        Some(_) => {}
+        None => problems.push(format!("unknown kind {:?} in the subject", s.kind)),
+    }
+    if r.system != s.system {
+        if let Some(claimed) = &r.system {
+            problems.push(format!("body says system={claimed:?}"));
+        }
+        r.system = s.system.clone();
+    }
+    r.claim = s.service == "agent";
+    if r.claim && (r.time - stored).num_seconds().abs() > 60 {
+        problems.push(format!("body says time={}", r.time.to_rfc3339()));
+        r.time = stored;
+    }
+    // What a writer put there means nothing: these are the reader's.
+    r.mismatch = (!problems.is_empty()).then(|| problems.join("; "));
+    Some(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_records_are_read_as_their_subject_says() {
+        let mut forged = AuditRecord::new(AuditKind::CrossSystemRestore, "scheduler/main");
+        forged.system = Some("other".into());
+        forged.claim = false;
+        let body = serde_json::to_vec(&forged).unwrap();
+        let r = as_subject_says("arca.audit.agent.evil.refused", &body, Utc::now()).unwrap();
+        assert_eq!(r.by, "agent/evil");
+        assert_eq!(r.system.as_deref(), Some("evil"));
+        assert_eq!(r.kind, AuditKind::Refused);
+        assert!(r.claim);
+        let m = r.mismatch.unwrap();
+        assert!(m.contains("scheduler/main") && m.contains("other"), "{m}");
+
+        let mut honest = AuditRecord::new(AuditKind::Enrolled, "scheduler/main");
+        honest.system = Some("web01".into());
+        let body = serde_json::to_vec(&honest).unwrap();
+        let r = as_subject_says(
+            "arca.audit.scheduler.main.enrolled.web01",
+            &body,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r, honest);
+
+        let r = as_subject_says(
+            "arca.audit.agent.evil.refused",
+            b"{\"kind\":\"restore-approved\"}",
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!((r.by.as_str(), r.claim), ("agent/evil", true));
+        assert!(r.mismatch.unwrap().contains("unreadable"));
+    }
+
+    #[test]
+    fn a_gate_refuses_tokens_from_before_it_started_and_from_the_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let sched = identity(dir.path(), "s.nk");
+        let issuer = Issuer::new(sched.clone());
+        let subj = "arca.agent.web01.cancel";
+        let msg = |token: &str| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(TOKEN_HEADER, token);
+            async_nats::Message {
+                subject: subj.into(),
+                reply: None,
+                payload: b"x".to_vec().into(),
+                headers: Some(headers),
+                status: None,
+                description: None,
+                length: 0,
+            }
+        };
+        let old = issuer.issue(JobId::new(), "web01", subj, b"x", &Grant::default());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let gate = Gate::new(&sched.public_key()).unwrap();
+        assert!(matches!(
+            gate.check(&msg(&old)),
+            Err(TrustError::BeforeStart { .. })
+        ));
+        let fresh = issuer.issue(JobId::new(), "web01", subj, b"x", &Grant::default());
+        assert!(gate.check(&msg(&fresh)).is_ok());
+        assert!(matches!(
+            gate.check(&msg(&fresh)),
+            Err(TrustError::Replayed(_))
+        ));
+        let mut c = open(&sched.public_key(), &fresh).unwrap();
+        c.nonce = "later".into();
+        c.issued = Utc::now() + chrono::Duration::seconds(MAX_CLOCK_SKEW_SECS + 60);
+        c.expires = c.issued + chrono::Duration::seconds(TOKEN_LIFETIME_SECS);
+        assert!(matches!(
+            gate.check(&msg(&seal(&sched, &c))),
+            Err(TrustError::FromTheFuture { .. })
+        ));
+    }
 
     fn identity(dir: &std::path::Path, name: &str) -> Identity {
         Identity::load_or_create(&dir.join(name)).unwrap()

@@ -46,6 +46,10 @@ pub struct Compromised {
     key: Arc<nkeys::KeyPair>,
     /// Start requests received, in order.
     pub started: Arc<Mutex<Vec<StartBackupTransfer>>>,
+    /// Jobs whose post hook (`finish`) was asked for, in order.
+    pub finished: Arc<Mutex<Vec<JobId>>>,
+    /// Jobs whose transfer the scheduler asked to stop (`cancel`), in order.
+    pub cancelled: Arc<Mutex<Vec<JobId>>>,
 }
 
 impl std::fmt::Debug for Compromised {
@@ -65,6 +69,8 @@ impl Compromised {
             system: system.to_owned(),
             key: Arc::new(nkeys::KeyPair::from_seed(seed)?),
             started: Default::default(),
+            finished: Default::default(),
+            cancelled: Default::default(),
         })
     }
 
@@ -100,8 +106,12 @@ impl Compromised {
                         };
                         respond(c, &msg, Ok(pong)).await
                     }
-                    Some(AgentVerb::Prepare) | Some(AgentVerb::Finish) => {
-                        let r = decode_request::<RunHook>(&msg.payload).map(|h| HookReply {
+                    Some(v @ (AgentVerb::Prepare | AgentVerb::Finish)) => {
+                        let r = decode_request::<RunHook>(&msg.payload);
+                        if let (AgentVerb::Finish, Ok(h)) = (v, &r) {
+                            me.finished.lock().expect("finished").push(h.job);
+                        }
+                        let r = r.map(|h| HookReply {
                             ran: h.hook.is_some(),
                             success: true,
                             exit_code: h.hook.is_some().then_some(0),
@@ -160,6 +170,9 @@ impl Compromised {
                         respond(c, &msg, r).await
                     }
                     Some(AgentVerb::Cancel) => {
+                        if let Ok(q) = decode_request::<CancelTransfer>(&msg.payload) {
+                            me.cancelled.lock().expect("cancelled").push(q.job);
+                        }
                         respond(c, &msg, Ok(TransferCancelled { stopped: true })).await
                     }
                     _ => {

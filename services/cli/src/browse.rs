@@ -1,5 +1,8 @@
 //! `arca ls` and `arca diff`: a snapshot's file list, read page by page
-//! from the media service that holds it.
+//! from the media service that holds it. Names, link targets and owner
+//! names come from the system that was backed up, so they are printed
+//! escaped ([`arca_schemas::text`]): no control character reaches the
+//! terminal.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,6 +13,7 @@ use arca_runtime::rpc;
 use arca_schemas::SnapshotId;
 use arca_schemas::msg::{ListSnapshots, ListSnapshotsReply, ListTree, TreeEntry, TreePage};
 use arca_schemas::subject::{self, MediaVerb, SchedulerVerb};
+use arca_schemas::text::{escape, escape_bytes};
 use arca_schemas::tree::{Node, NodeKind};
 
 /// Every entry of a snapshot, in walk order.
@@ -117,8 +121,14 @@ pub async fn ls(
     } else {
         for e in &shown {
             let n = &e.node;
-            let owner = n.user.clone().unwrap_or_else(|| n.uid.to_string());
-            let group = n.group.clone().unwrap_or_else(|| n.gid.to_string());
+            let owner = n
+                .user
+                .as_deref()
+                .map_or_else(|| n.uid.to_string(), |u| escape(u).into_owned());
+            let group = n
+                .group
+                .as_deref()
+                .map_or_else(|| n.gid.to_string(), |g| escape(g).into_owned());
             let time = chrono::DateTime::from_timestamp(n.mtime, n.mtime_nsec)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                 .unwrap_or_default();
@@ -129,13 +139,13 @@ pub async fn ls(
                 group,
                 n.size,
                 time,
-                path_of(n)
+                escape_bytes(&n.path)
             );
             if let NodeKind::Symlink { target } = &n.kind {
-                line.push_str(&format!(" -> {}", String::from_utf8_lossy(target)));
+                line.push_str(&format!(" -> {}", escape_bytes(target)));
             }
             if let Some(first) = &n.hardlink {
-                line.push_str(&format!(" (link to {})", String::from_utf8_lossy(first)));
+                line.push_str(&format!(" (link to {})", escape_bytes(first)));
             }
             if n.changed {
                 line.push_str(" (changed while read)");
@@ -144,7 +154,7 @@ pub async fn ls(
         }
     }
     if shown.is_empty() && !under.is_empty() {
-        eprintln!("no path {under} in snapshot {snapshot}");
+        eprintln!("no path {} in snapshot {snapshot}", escape(under));
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -190,7 +200,7 @@ pub async fn diff(
     paths.sort();
     paths.dedup();
     for p in paths {
-        let shown = String::from_utf8_lossy(p);
+        let shown = escape_bytes(p);
         match (a.get(p), b.get(p)) {
             (Some(_), None) => {
                 removed += 1;

@@ -348,7 +348,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shown(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -724,14 +724,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "problem in {}: {}{}",
                         p.system,
                         p.chunk.map(|c| format!("chunk {c}: ")).unwrap_or_default(),
-                        p.error
+                        shown(&p.error)
                     );
                     if !p.snapshots.is_empty() {
                         let ids: Vec<String> = p.snapshots.iter().map(|s| s.to_string()).collect();
                         println!("  snapshots: {}", ids.join(" "));
                     }
                     for f in &p.files {
-                        println!("  file: {f}");
+                        println!("  file: {}", shown(f));
                     }
                 }
                 if r.problems.is_empty() {
@@ -822,7 +822,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
             println!("index rebuilt: {} packs, {} chunks", r.packs, r.chunks);
             for d in &r.damaged {
-                println!("damaged: {d}");
+                println!("damaged: {}", shown(d));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1083,6 +1083,7 @@ fn print_event(e: &JobEvent) {
             error,
             seconds,
             file_errors,
+            file_errors_not_named,
             ..
         } => {
             let mut s = format!("{} after {:.1}s", status_word(*status), seconds);
@@ -1095,13 +1096,28 @@ fn print_event(e: &JobEvent) {
                     file_errors.len()
                 ));
             }
+            if *file_errors_not_named > 0 {
+                s.push_str(&format!(
+                    ", {file_errors_not_named} more not transferred (counted, not named)"
+                ));
+            }
             if let Some(e) = error {
                 s.push_str(&format!(": {e}"));
             }
             s
         }
     };
-    println!("  {t} {line}");
+    println!("  {t} {}", shown(&line));
+}
+
+/// Text a system may have written (file names, hook output, messages), fit
+/// for the terminal: control characters escaped, each line of a
+/// multi-line text indented under the event it belongs to.
+fn shown(text: &str) -> String {
+    text.split('\n')
+        .map(|l| arca_schemas::text::escape(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n      ")
 }
 
 fn hook_line(phase: &str, ran: bool, exit_code: Option<i32>, output: &str) -> String {

@@ -9,6 +9,7 @@ use arca_runtime::identity::Identity;
 use arca_runtime::nats::{Credentials, TlsFiles};
 use arca_runtime::natsconf::{self, ServerTls, Users};
 use arca_schemas::system::SystemsFile;
+use arca_schemas::text::escape;
 use arca_schemas::trust::AuditRecord;
 
 /// The console's NATS credentials from its global flags.
@@ -114,7 +115,8 @@ pub fn nats_config(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `arca audit`: the audit records, oldest first.
+/// `arca audit`: the audit records, oldest first, as their subjects say
+/// (see [`arca_runtime::trust::as_subject_says`]).
 pub async fn audit(
     client: &async_nats::Client,
     since: Option<chrono::DateTime<chrono::Utc>>,
@@ -139,15 +141,21 @@ pub async fn audit(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One record on one line, every field escaped (a reason may quote what
+/// a system sent). An agent's own report reads as its claim, and a record
+/// whose body disagreed with its subject says so.
 fn line(r: &AuditRecord) -> String {
     let mut parts = vec![
         r.time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         r.kind.as_str().to_owned(),
-        format!("by={}", r.by),
     ];
+    match r.by.strip_prefix("agent/").filter(|_| r.claim) {
+        Some(system) => parts.push(format!("claimed-by=agent/{}", escape(system))),
+        None => parts.push(format!("by={}", escape(&r.by))),
+    }
     let mut field = |k: &str, v: Option<String>| {
         if let Some(v) = v {
-            parts.push(format!("{k}={v}"));
+            parts.push(format!("{k}={}", escape(&v)));
         }
     };
     field("system", r.system.clone());
@@ -159,5 +167,11 @@ fn line(r: &AuditRecord) -> String {
     field("previous-key", r.previous_key.clone());
     field("subject", r.subject.clone());
     field("reason", r.reason.as_ref().map(|s| format!("{s:?}")));
+    field(
+        "MISMATCH",
+        r.mismatch
+            .as_ref()
+            .map(|m| format!("{m:?} (shown as its subject says)")),
+    );
     parts.join(" ")
 }

@@ -26,6 +26,19 @@
 //! waits for the agent or for the transfer (the agent is told to stop the
 //! transfer; a backup stopped this way commits no snapshot), then cleans up
 //! as after a failure and ends `cancelled`.
+//!
+//! Every job has an overall deadline, fixed when it starts and kept in its
+//! record (see [`deadline_secs`]): an agent that answers "running" forever
+//! cannot hold the queue or its window. At the deadline the job stops
+//! wherever it stands, the agent is told to stop the transfer, and the job
+//! cleans up and ends `failed`, saying how to give it longer.
+//!
+//! What the agent reports is its claim and is bounded where it is received:
+//! the snapshot it names must be one media holds for this system and this
+//! job (anything else fails the job and is audited); file errors and
+//! warnings are named up to [`FILE_ERRORS_NAMED`] each and counted beyond;
+//! paths, messages and hook output are cut to their bounds before they go
+//! into the record or an event.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,9 +46,14 @@ use std::time::{Duration, Instant};
 use arca_runtime::rpc::{self, RpcError};
 use arca_runtime::trust::Grant;
 use arca_schemas::event::EventDetail;
+use arca_schemas::job::{
+    FILE_ERRORS_NAMED, FileError, REPORTED_MESSAGE_MAX, REPORTED_OUTPUT_MAX, REPORTED_PATH_MAX,
+};
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb, FirewallVerb, MediaVerb};
-use arca_schemas::{JobKind, JobRecord, JobStatus, JobStep, SystemConfig};
+use arca_schemas::text::bounded;
+use arca_schemas::trust::{AuditKind, AuditRecord};
+use arca_schemas::{ErrorCode, JobKind, JobRecord, JobStatus, JobStep, SnapshotId, SystemConfig};
 use tokio::sync::watch;
 
 use crate::Scheduler;
@@ -69,6 +87,51 @@ impl StepError {
             error: "cancelled by an operator".to_owned(),
             cancelled: true,
         }
+    }
+}
+
+/// The jobs of a system's history that set its default deadline.
+const HISTORY_JOBS: usize = 10;
+
+/// Seconds a job of `system` of `kind` may run: the system's
+/// `job-timeout-secs` when set, otherwise the larger of the scheduler's
+/// `job-timeout-secs` and 3 times the longest of the system's last
+/// [`HISTORY_JOBS`] successful (or partial) jobs of that kind, from
+/// selection to end.
+pub(crate) fn deadline_secs(
+    system: &SystemConfig,
+    kind: JobKind,
+    least: u64,
+    history: &[JobRecord],
+) -> u64 {
+    if let Some(t) = system.job_timeout_secs {
+        return t;
+    }
+    let mut done: Vec<&JobRecord> = history
+        .iter()
+        .filter(|j| j.system == system.name && j.kind == kind)
+        .filter(|j| matches!(j.status, JobStatus::Succeeded | JobStatus::Partial))
+        .filter(|j| j.ended.is_some())
+        .collect();
+    done.sort_by_key(|j| std::cmp::Reverse(j.created));
+    let longest = done
+        .iter()
+        .take(HISTORY_JOBS)
+        .filter_map(|j| (j.ended? - j.created).to_std().ok())
+        .max()
+        .map_or(0, |d| d.as_secs());
+    least.max(longest.saturating_mul(3))
+}
+
+/// `secs` for people: `4h`, `1h30m`, `45s`.
+fn human(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
     }
 }
 
@@ -113,6 +176,7 @@ pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord, cancel: watch::
             return;
         }
     };
+    d.set_deadline(&system).await;
     d.run(&system).await;
 }
 
@@ -192,12 +256,83 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
             let cleanup = d.cleanup(&system).await;
             d.end(cleanup).await;
         }
-        _ => d.run(&system).await,
+        _ => {
+            if d.rec.deadline.is_none() {
+                d.set_deadline(&system).await;
+            }
+            d.run(&system).await
+        }
     }
     sched.cancels.lock().expect("cancels lock").remove(&id);
 }
 
 impl Driver {
+    /// Fixes the job's overall deadline from now ([`deadline_secs`]).
+    async fn set_deadline(&mut self, system: &SystemConfig) {
+        let history = match self.sched.all_jobs().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job = %self.rec.id, error = %e.message, "no job history for the deadline");
+                Vec::new()
+            }
+        };
+        let secs = deadline_secs(
+            system,
+            self.rec.kind,
+            self.sched.config.job_timeout_secs,
+            &history,
+        );
+        self.rec.deadline =
+            Some(chrono::Utc::now() + chrono::Duration::seconds(secs.min(i64::MAX as u64) as i64));
+        self.save().await;
+    }
+
+    /// What a job that reached its deadline ends with.
+    fn deadline_error(&self, system: &SystemConfig) -> StepError {
+        let deadline = self.rec.deadline.unwrap_or_else(chrono::Utc::now);
+        let ran = (deadline - self.rec.created).num_seconds().max(0) as u64;
+        StepError::new(
+            "deadline",
+            format!(
+                "the job was still at step {} at its deadline {} ({} after it was selected), \
+                 so it was stopped: the transfer cancelled, the post hook run, the window \
+                 closed. If {} needs longer, set `job-timeout-secs` in its systems file \
+                 (or raise the scheduler's `job-timeout-secs`, the least deadline of every job)",
+                serde_json::to_value(self.rec.step)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                deadline.format("%Y-%m-%dT%H:%M:%SZ"),
+                human(ran),
+                system.name
+            ),
+        )
+    }
+
+    /// Tells the agent to stop the transfer, as far as it listens.
+    async fn stop_transfer(&self, system: &SystemConfig) {
+        let cancel = CancelTransfer { job: self.rec.id };
+        let token = self.token(&system.name, Grant::default());
+        let r: Result<TransferCancelled, RpcError> = rpc::retry(Duration::from_secs(10), || {
+            rpc::request_signed(
+                &self.sched.client,
+                subject::agent(&system.name, AgentVerb::Cancel),
+                &cancel,
+                rpc::DEFAULT_TIMEOUT,
+                &token,
+            )
+        })
+        .await;
+        match r {
+            Ok(r) => {
+                tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer stopped at the deadline")
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm stopping the transfer")
+            }
+        }
+    }
+
     /// Runs the steps, then the clean-up, then ends the job.
     async fn run(&mut self, system: &SystemConfig) {
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
@@ -207,10 +342,21 @@ impl Driver {
             self.confirmed.clone(),
             lost_tx,
         ));
-        // A window lost while the job runs stops the job: it must not go on
-        // unguarded, and its agent can no longer be reached anyway.
+        // The job's deadline stops it wherever it stands. A window lost
+        // while the job runs stops it too: it must not go on unguarded, and
+        // its agent can no longer be reached anyway.
+        let left = self
+            .rec
+            .deadline
+            .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::MAX);
+        let mut at_deadline = false;
         let result = tokio::select! {
             r = self.steps(system) => r,
+            _ = tokio::time::sleep(left.min(Duration::from_secs(100 * 365 * 24 * 3600))) => {
+                at_deadline = true;
+                Err(StepError::new("deadline", ""))
+            }
             Ok(fw) = lost_rx => Err(StepError::new(
                 "window-renewed",
                 format!(
@@ -219,6 +365,14 @@ impl Driver {
                      than run unguarded"
                 ),
             )),
+        };
+        let result = if at_deadline {
+            if self.rec.step == JobStep::Transferring {
+                self.stop_transfer(system).await;
+            }
+            Err(self.deadline_error(system))
+        } else {
+            result
         };
         if let Err(e) = result {
             if e.cancelled {
@@ -446,7 +600,7 @@ impl Driver {
             }
         };
         self.event(EventDetail::AgentPresent {
-            version: pong.version,
+            version: bounded(&pong.version, 64).into_owned(),
         })
         .await;
         self.check_cancel("agent-present").await?;
@@ -481,6 +635,10 @@ impl Driver {
         })
         .await
         .map_err(|e| StepError::new("prepared", format!("pre hook request failed: {e}")))?;
+        let r = HookReply {
+            output: bounded(&r.output, REPORTED_OUTPUT_MAX).into_owned(),
+            ..r
+        };
         self.event(EventDetail::Prepared {
             phase: pre_phase.as_str().to_owned(),
             ran: r.ran,
@@ -525,43 +683,40 @@ impl Driver {
             }
         };
         self.rec.stats = outcome.stats.clone();
-        self.rec.file_errors = outcome.file_errors.clone();
-        self.rec.file_warnings = outcome.file_warnings.clone();
-        for f in &outcome.file_errors {
-            self.event(EventDetail::FileFailed { file: f.clone() })
-                .await;
+        // Named up to a bound, counted beyond it, each cut to its bounds.
+        let (errors, errors_more) = FileError::capped(&outcome.file_errors);
+        let (warnings, warnings_more) = FileError::capped(&outcome.file_warnings);
+        self.rec.file_errors = errors;
+        self.rec.file_errors_not_named = errors_more;
+        self.rec.file_warnings = warnings;
+        self.rec.file_warnings_not_named = warnings_more;
+        for f in self.rec.file_errors.clone() {
+            self.event(EventDetail::FileFailed { file: f }).await;
         }
-        for f in &outcome.file_warnings {
-            self.event(EventDetail::FileWarning { file: f.clone() })
-                .await;
+        for f in self.rec.file_warnings.clone() {
+            self.event(EventDetail::FileWarning { file: f }).await;
+        }
+        if errors_more + warnings_more > 0 {
+            tracing::warn!(
+                job = %self.rec.id,
+                errors_more,
+                warnings_more,
+                "more file errors than are named (first {FILE_ERRORS_NAMED} of each)"
+            );
         }
         if let Some(e) = outcome.error {
-            return Err(StepError::new("transferred", e.message));
+            return Err(StepError::new(
+                "transferred",
+                bounded(&e.message, 4 * REPORTED_MESSAGE_MAX),
+            ));
         }
         if self.rec.kind == JobKind::Backup {
             let id = outcome
                 .snapshot
                 .clone()
                 .ok_or_else(|| StepError::new("transferred", "agent reported no snapshot"))?;
-            let get = GetSnapshot {
-                snapshot: id.clone(),
-                session: None,
-            };
-            let reply: SnapshotReply = rpc::retry(retry, || {
-                rpc::request(
-                    &client,
-                    subject::media(&system.media, MediaVerb::Snapshot),
-                    &get,
-                )
-            })
-            .await
-            .map_err(|e| {
-                StepError::new(
-                    "transferred",
-                    format!("snapshot {id} committed but not readable from media: {e}"),
-                )
-            })?;
-            self.sched.put_catalog(&reply.info).await.map_err(|e| {
+            let info = self.reported_snapshot(system, &id).await?;
+            self.sched.put_catalog(&info).await.map_err(|e| {
                 StepError::new(
                     "transferred",
                     format!("cannot record snapshot {id} in the catalog: {e}"),
@@ -577,6 +732,71 @@ impl Driver {
         })
         .await;
         Ok(())
+    }
+
+    /// The snapshot the agent reported, as media holds it, when it is one
+    /// of this system made by this job. Any other (another system's or
+    /// job's, one media does not hold, an id that is no id) fails the
+    /// step, and the refusal is audited: the agent's word is a claim.
+    async fn reported_snapshot(
+        &self,
+        system: &SystemConfig,
+        id: &SnapshotId,
+    ) -> Result<SnapshotInfo, StepError> {
+        let retry = Duration::from_secs(self.sched.config.retry_secs);
+        let shown = arca_schemas::text::escape(&bounded(&id.0, 64)).into_owned();
+        let shown = shown.as_str();
+        let refuse = |why: String| async move {
+            let mut a = AuditRecord::new(AuditKind::Refused, self.sched.audit_by());
+            a.system = Some(system.name.clone());
+            a.job = Some(self.rec.id);
+            a.snapshot = SnapshotId::parse(&id.0);
+            a.reason = Some(format!("the agent reported snapshot {shown}: {why}"));
+            self.sched.audit(a).await;
+            StepError::new(
+                "transferred",
+                format!(
+                    "the agent of {} reported snapshot {shown}, but {why}; nothing was recorded \
+                     for this job (the refusal is in the audit stream, `arca audit --system {}`)",
+                    system.name, system.name
+                ),
+            )
+        };
+        if SnapshotId::parse(&id.0).is_none() {
+            return Err(refuse("that is not a snapshot id (16 hex digits)".into()).await);
+        }
+        let get = GetSnapshot {
+            snapshot: id.clone(),
+            session: None,
+        };
+        let reply: Result<SnapshotReply, RpcError> = rpc::retry(retry, || {
+            rpc::request(
+                &self.sched.client,
+                subject::media(&system.media, MediaVerb::Snapshot),
+                &get,
+            )
+        })
+        .await;
+        let info = match reply {
+            Ok(r) => r.info,
+            Err(RpcError::Remote(e)) if e.code == ErrorCode::NotFound => {
+                return Err(refuse(format!("media {} holds no such snapshot", system.media)).await);
+            }
+            Err(e) => {
+                return Err(StepError::new(
+                    "transferred",
+                    format!("snapshot {id} committed but not readable from media: {e}"),
+                ));
+            }
+        };
+        if info.system != system.name || info.job != self.rec.id {
+            return Err(refuse(format!(
+                "media holds it for system {} and job {}, not for this job",
+                info.system, info.job
+            ))
+            .await);
+        }
+        Ok(info)
     }
 
     /// The system's newest snapshot on its media: unchanged files are
@@ -851,7 +1071,7 @@ impl Driver {
                         self.event(EventDetail::Progress {
                             bytes_per_sec: stats.bytes as f64 / secs,
                             stats,
-                            current,
+                            current: current.map(|c| bounded(&c, REPORTED_PATH_MAX).into_owned()),
                         })
                         .await;
                     }
@@ -924,6 +1144,10 @@ impl Driver {
                 .await;
             match r {
                 Ok(r) => {
+                    let r = HookReply {
+                        output: bounded(&r.output, REPORTED_OUTPUT_MAX).into_owned(),
+                        ..r
+                    };
                     if r.by_agent_deadline {
                         self.event(EventDetail::PostHookByAgent {
                             phase: post_phase.as_str().to_owned(),
@@ -1010,7 +1234,8 @@ impl Driver {
         if self.rec.error.is_none() {
             self.rec.error = cleanup.map(|e| format!("{}: {}", e.step, e.error));
         }
-        self.rec.status = match (&self.rec.error, self.rec.file_errors.is_empty()) {
+        let no_file_errors = self.rec.file_errors.is_empty() && self.rec.file_errors_not_named == 0;
+        self.rec.status = match (&self.rec.error, no_file_errors) {
             (Some(_), _) if self.rec.cancel_requested => JobStatus::Cancelled,
             (Some(_), _) => JobStatus::Failed,
             (None, false) => JobStatus::Partial,
@@ -1033,6 +1258,7 @@ impl Driver {
             snapshot: self.rec.snapshot.clone(),
             stats: self.rec.stats.clone(),
             file_errors: self.rec.file_errors.clone(),
+            file_errors_not_named: self.rec.file_errors_not_named,
             error: self.rec.error.clone(),
             seconds: (now - self.rec.created).num_milliseconds() as f64 / 1000.0,
         })
@@ -1115,5 +1341,53 @@ async fn renew_leases(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(system: &str, kind: JobKind, status: JobStatus, secs: i64) -> JobRecord {
+        let created = chrono::Utc::now() - chrono::Duration::hours(1);
+        serde_json::from_value(serde_json::json!({
+            "id": arca_schemas::JobId::new(),
+            "kind": kind,
+            "system": system,
+            "step": "done",
+            "status": status,
+            "created": created,
+            "updated": created,
+            "ended": created + chrono::Duration::seconds(secs),
+            "snapshot": null,
+            "target": null,
+            "open-windows": [],
+            "prepared": false,
+            "stats": arca_schemas::job::TransferStats::default(),
+            "file-errors": [],
+            "error": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_deadline_is_the_systems_or_grows_with_its_history() {
+        let mut sys = crate::registry::placeholder("web01");
+        let least = 4 * 3600;
+        assert_eq!(deadline_secs(&sys, JobKind::Backup, least, &[]), least);
+        let history = vec![
+            done("web01", JobKind::Backup, JobStatus::Succeeded, 3 * 3600),
+            done("web01", JobKind::Backup, JobStatus::Failed, 20 * 3600),
+            done("web01", JobKind::Restore, JobStatus::Succeeded, 10 * 3600),
+            done("db01", JobKind::Backup, JobStatus::Succeeded, 10 * 3600),
+        ];
+        assert_eq!(
+            deadline_secs(&sys, JobKind::Backup, least, &history),
+            9 * 3600
+        );
+        sys.job_timeout_secs = Some(600);
+        assert_eq!(deadline_secs(&sys, JobKind::Backup, least, &history), 600);
+        assert_eq!(human(5400), "1h30m");
+        assert_eq!(human(10), "10s");
     }
 }

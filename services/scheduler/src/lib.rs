@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arca_runtime::jetstream::{EventsRetention, State};
+use arca_runtime::jetstream::{AuditRetention, EventsRetention, State};
 use arca_runtime::rpc::{decode_request, respond, verb};
 use arca_schemas::error::ErrorReply;
 use arca_schemas::event::EventDetail;
@@ -81,6 +81,24 @@ pub struct Config {
     /// Most job events kept (-1: no limit); the oldest go first.
     #[serde(default = "default_events_msgs")]
     pub events_max_msgs: i64,
+    /// Most events kept per job and kind (`arca.events.<job>.<kind>`); the
+    /// oldest of that job's kind go first.
+    #[serde(default = "default_events_per_subject")]
+    pub events_max_msgs_per_subject: i64,
+    /// Most bytes of audit records kept; the oldest go first.
+    #[serde(default = "default_audit_bytes")]
+    pub audit_max_bytes: i64,
+    /// Most audit records kept per subject (one author's records of one
+    /// kind about one system); the oldest of that subject go first.
+    #[serde(default = "default_audit_per_subject")]
+    pub audit_max_msgs_per_subject: i64,
+    /// The least overall deadline of a job, in seconds: a job still running
+    /// this long after it started is cancelled and fails. A system's
+    /// `job-timeout-secs` overrides it; otherwise the deadline is the
+    /// larger of this and 3 times the system's longest recent successful
+    /// job of the same kind.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_secs: u64,
     /// The scheduler's identity (an nkey seed, mode 0600, created when
     /// missing): it authenticates to NATS and signs every job token.
     /// Required.
@@ -127,6 +145,18 @@ fn default_events_bytes() -> i64 {
 fn default_events_msgs() -> i64 {
     -1
 }
+fn default_events_per_subject() -> i64 {
+    arca_runtime::jetstream::EVENTS_MAX_MSGS_PER_SUBJECT
+}
+fn default_audit_bytes() -> i64 {
+    arca_runtime::jetstream::AuditRetention::default().max_bytes
+}
+fn default_audit_per_subject() -> i64 {
+    arca_runtime::jetstream::AuditRetention::default().max_msgs_per_subject
+}
+fn default_job_timeout() -> u64 {
+    4 * 3600
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -170,6 +200,22 @@ impl Config {
         anyhow::ensure!(
             self.events_max_age_days >= 1,
             "events-max-age-days must be at least 1"
+        );
+        anyhow::ensure!(
+            self.events_max_msgs_per_subject >= 100,
+            "events-max-msgs-per-subject must be at least 100"
+        );
+        anyhow::ensure!(
+            self.audit_max_bytes >= 1 << 20,
+            "audit-max-bytes must be at least 1 MiB (1048576)"
+        );
+        anyhow::ensure!(
+            self.audit_max_msgs_per_subject >= 10,
+            "audit-max-msgs-per-subject must be at least 10"
+        );
+        anyhow::ensure!(
+            self.job_timeout_secs >= 60,
+            "job-timeout-secs must be at least 60"
         );
         for fw in &self.firewalls {
             anyhow::ensure!(
@@ -222,8 +268,15 @@ pub async fn run(
         max_age: Duration::from_secs(config.events_max_age_days * 24 * 3600),
         max_bytes: config.events_max_bytes,
         max_msgs: config.events_max_msgs,
+        max_msgs_per_subject: config.events_max_msgs_per_subject,
+        ..EventsRetention::default()
     };
-    let state = arca_runtime::jetstream::bootstrap_with(&client, retention).await?;
+    let audit = AuditRetention {
+        max_bytes: config.audit_max_bytes,
+        max_msgs_per_subject: config.audit_max_msgs_per_subject,
+        ..AuditRetention::default()
+    };
+    let state = arca_runtime::jetstream::bootstrap_with(&client, retention, audit).await?;
     let halt_after = match std::env::var(HALT_AFTER_ENV) {
         Ok(step) => {
             let parsed: JobStep =
@@ -397,6 +450,9 @@ impl Scheduler {
             stats: Default::default(),
             file_errors: Vec::new(),
             file_warnings: Vec::new(),
+            file_errors_not_named: 0,
+            file_warnings_not_named: 0,
+            deadline: None,
             filter,
             error: None,
             backup_type,
@@ -612,6 +668,7 @@ impl Scheduler {
                 snapshot: None,
                 stats: rec.stats.clone(),
                 file_errors: Vec::new(),
+                file_errors_not_named: 0,
                 error: rec.error.clone(),
                 seconds: (now - rec.created).num_milliseconds() as f64 / 1000.0,
             })

@@ -180,6 +180,7 @@ pub(crate) fn placeholder(name: &str) -> SystemConfig {
         retention: Default::default(),
         priority: 0,
         quota: None,
+        job_timeout_secs: None,
     }
 }
 

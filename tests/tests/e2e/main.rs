@@ -34,6 +34,8 @@
 //!   `arca_testkit::hostile`) serves a real job.
 //! - `hostile_media`: media bounds a compromised system's requests and
 //!   refuses its hostile trees at commit; quotas; sessions closed and expired.
+//! - `hostile_jobs`: a compromised system against the scheduler, the audit
+//!   and events streams, job tokens and the console.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -46,6 +48,7 @@ mod firewall;
 mod hooks;
 mod hostile;
 mod hostile_media;
+mod hostile_jobs;
 mod metadata;
 mod postgres;
 mod registry;

@@ -293,7 +293,7 @@ async fn forged_expired_replayed_and_misdirected_tokens_are_refused_and_audited(
     let out = stack.arca(&["audit", "--system", "tk"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("refused by=agent/tk"),
+        out.status.success() && text.contains("refused claimed-by=agent/tk"),
         "{text}"
     );
     // The genuine header name is what agents read.

@@ -157,6 +157,11 @@ pub struct StartRestore {
     /// Who asks (recorded in the audit stream).
     #[serde(default)]
     pub operator: Option<String>,
+    /// Into a target folder or onto another system, keep device nodes,
+    /// set-id bits, `security.*`/`trusted.*` attributes and owners as
+    /// recorded (recorded in the job and the audit stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 /// List jobs, newest first.
@@ -453,6 +458,13 @@ pub struct StartRestoreTransfer {
     /// Which of the snapshot's paths to restore; empty restores all.
     #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
     pub filter: PathFilter,
+    /// Into a target folder or onto another system: keep device nodes,
+    /// set-id bits, `security.*`/`trusted.*` attributes and owners as
+    /// recorded (the operator asked for it). Without it such a restore
+    /// leaves them out and reports each; an in-place restore of a
+    /// system's own snapshot keeps them always.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 /// Stop a job's transfer (agent). A backup stopped this way commits no

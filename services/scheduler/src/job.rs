@@ -747,6 +747,7 @@ impl Driver {
                     session,
                     chunk_key: chunk_key.key,
                     filter: self.rec.filter.clone(),
+                    keep_privileges: self.rec.keep_privileges,
                 };
                 let token = self.token(&system.name, grant);
                 let _: TransferAccepted = rpc::retry(retry, || {

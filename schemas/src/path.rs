@@ -140,7 +140,14 @@ mod tests {
         assert!(parent.is_root());
         assert_eq!(name, b"a");
         // Names that merely look odd are names.
-        for ok in [&b"/..."[..], b"/.a", b"/a..", b"/a\\..", b"/\xff\xfe", b"/a b/c"] {
+        for ok in [
+            &b"/..."[..],
+            b"/.a",
+            b"/a..",
+            b"/a\\..",
+            b"/\xff\xfe",
+            b"/a b/c",
+        ] {
             TreePath::parse(ok).unwrap();
         }
     }

@@ -32,6 +32,9 @@
 //!   tokens, signed manifests, cross-system restores, audit, TLS.
 //! - `hostile`: the compromised-system fixture (`Stack::compromised`,
 //!   `arca_testkit::hostile`) serves a real job.
+//! - `hostile_restore`: a compromised system's snapshot restored elsewhere
+//!   writes nothing outside the target or through a link, keeps no
+//!   privileges unless asked, and fails files whose chunk sizes lie.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -40,9 +43,10 @@ mod bad_input;
 mod crash;
 mod dashboard;
 mod events;
-mod hostile;
 mod firewall;
 mod hooks;
+mod hostile;
+mod hostile_restore;
 mod metadata;
 mod postgres;
 mod registry;

@@ -242,6 +242,7 @@ verbs!(
         Snapshots = "snapshots",
         Snapshot = "snapshot",
         RestoreSession = "restore-session",
+        CloseRestore = "close-restore",
         ChunkKey = "chunk-key",
         Verify = "verify",
         RepairIndex = "repair-index",

@@ -36,6 +36,14 @@ pub type Plan = Arc<
         + Sync,
 >;
 
+/// What a hostile restore does, given the job's start request (the
+/// target of a cross-system restore may be compromised too).
+pub type RestorePlan = Arc<
+    dyn Fn(Compromised, StartRestoreTransfer) -> Pin<Box<dyn Future<Output = TransferState> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A compromised system: its own connection and key, hostile intent.
 #[derive(Clone)]
 pub struct Compromised {
@@ -46,6 +54,8 @@ pub struct Compromised {
     key: Arc<nkeys::KeyPair>,
     /// Start requests received, in order.
     pub started: Arc<Mutex<Vec<StartBackupTransfer>>>,
+    /// Restore start requests received, in order.
+    pub restores: Arc<Mutex<Vec<StartRestoreTransfer>>>,
 }
 
 impl std::fmt::Debug for Compromised {
@@ -65,6 +75,7 @@ impl Compromised {
             system: system.to_owned(),
             key: Arc::new(nkeys::KeyPair::from_seed(seed)?),
             started: Default::default(),
+            restores: Default::default(),
         })
     }
 
@@ -80,6 +91,16 @@ impl Compromised {
     /// a backup start by running `plan` (its result is what status
     /// questions get), a restore start as refused, a cancel as stopped.
     pub async fn serve(&self, plan: Plan) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        self.serve_with(plan, None).await
+    }
+
+    /// [`Compromised::serve`], and a restore start by running `restore`
+    /// (its result is what status questions get) when one is given.
+    pub async fn serve_with(
+        &self,
+        plan: Plan,
+        restore: Option<RestorePlan>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let mut sub = self
             .client
             .subscribe(subject::agent_all(&self.system))
@@ -130,7 +151,8 @@ impl Compromised {
                             };
                             if first {
                                 me.started.lock().expect("started").push(start.clone());
-                                let (me2, plan, states) = (me.clone(), plan.clone(), states.clone());
+                                let (me2, plan, states) =
+                                    (me.clone(), plan.clone(), states.clone());
                                 tokio::spawn(async move {
                                     let job = start.job;
                                     let end = plan(me2, start).await;
@@ -160,6 +182,36 @@ impl Compromised {
                     }
                     Some(AgentVerb::Cancel) => {
                         respond(c, &msg, Ok(TransferCancelled { stopped: true })).await
+                    }
+                    Some(AgentVerb::Restore) if restore.is_some() => {
+                        let r = decode_request::<StartRestoreTransfer>(&msg.payload).map(|start| {
+                            let first = {
+                                let mut s = states.lock().expect("states");
+                                let first = !s.contains_key(&start.job);
+                                if first {
+                                    s.insert(
+                                        start.job,
+                                        TransferState::Running {
+                                            stats: Default::default(),
+                                            current: None,
+                                        },
+                                    );
+                                }
+                                first
+                            };
+                            if first {
+                                me.restores.lock().expect("restores").push(start.clone());
+                                let (me2, plan, states) =
+                                    (me.clone(), restore.clone().expect("given"), states.clone());
+                                tokio::spawn(async move {
+                                    let job = start.job;
+                                    let end = plan(me2, start).await;
+                                    states.lock().expect("states").insert(job, end);
+                                });
+                            }
+                            TransferAccepted { started: first }
+                        });
+                        respond(c, &msg, r).await
                     }
                     _ => {
                         let r: Result<(), _> = Err(arca_schemas::ErrorReply::bad_request(
@@ -218,6 +270,23 @@ impl Compromised {
         .await
     }
 
+    /// Sends `body` to media `media`'s data subject `verb` for this system
+    /// (e.g. as the target of a restore).
+    pub async fn media_request<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        media: &str,
+        verb: MediaDataVerb,
+        body: &Q,
+    ) -> Result<R, RpcError> {
+        rpc::request_with_timeout(
+            &self.client,
+            subject::media_data(media, &self.system, verb),
+            body,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// Stores the tree `nodes` (one tree chunk) and commits it, signed
     /// with the system's own key.
     pub async fn commit(
@@ -269,11 +338,7 @@ impl Compromised {
 
     /// Runs `plan` to a transfer outcome: the snapshot committed from the
     /// nodes it makes, or the error media answered.
-    pub async fn backup_of(
-        &self,
-        start: &StartBackupTransfer,
-        nodes: Vec<Node>,
-    ) -> TransferState {
+    pub async fn backup_of(&self, start: &StartBackupTransfer, nodes: Vec<Node>) -> TransferState {
         let committed = self.commit(start, nodes).await;
         TransferState::Done(TransferOutcome {
             stats: Default::default(),

@@ -572,3 +572,167 @@ async fn a_restore_into_a_target_folder_keeps_set_id_bits_only_when_asked() {
         "{audit:#?}"
     );
 }
+
+/// What the compromised target of a restore could read, in its own words.
+#[derive(Debug, Default)]
+struct Probe {
+    granted_chunk: Option<Result<(), String>>,
+    other_snapshot_many: Option<Result<(), String>>,
+    other_snapshot_one: Option<Result<(), String>>,
+}
+
+fn outcome(r: Result<(), rpc::RpcError>) -> Result<(), String> {
+    r.map_err(|e| e.to_string())
+}
+
+/// Proves that a cross-system restore grant lets the target read only the
+/// chunks of the granted snapshot (not another snapshot of the source),
+/// only while its job runs, and without the source's chunk-id key: the
+/// target is handed the grant's check key instead, and every chunk media
+/// serves carries a check value under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_grant_reads_only_the_granted_snapshot_while_its_job_runs() {
+    use arca_schemas::ChunkId;
+    use arca_schemas::msg::{
+        ChunkData, ChunkKey, ChunksData, GetChunk, GetChunkKey, GetChunks, StartRestoreTransfer,
+        TransferOutcome, TransferState,
+    };
+    use arca_schemas::subject::{MediaDataVerb, MediaVerb};
+
+    let mut stack = Stack::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.txt"), b"granted content").unwrap();
+    let thief_data = tempfile::tempdir().unwrap();
+    stack
+        .load_systems(vec![
+            system("ra", &[data.path()]),
+            system("thief", &[thief_data.path()]),
+        ])
+        .await
+        .unwrap();
+    stack.start_agent("ra", AgentUser::Same).await.unwrap();
+    let job = stack.backup(&["ra"]).await.unwrap()[0];
+    let granted = stack.wait_job(job).await.unwrap().1.snapshot.unwrap();
+    std::fs::write(data.path().join("secret.txt"), b"not granted").unwrap();
+    let job = stack.backup(&["ra"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    let ra_key: ChunkKey = rpc::request(
+        &stack.client,
+        subject::media("main", MediaVerb::ChunkKey),
+        &GetChunkKey {
+            system: "ra".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let granted_id = ChunkId(*blake3::keyed_hash(&ra_key.key, b"granted content").as_bytes());
+    let secret_id = ChunkId(*blake3::keyed_hash(&ra_key.key, b"not granted").as_bytes());
+
+    let thief = stack.compromised("thief").await.unwrap();
+    let probe = Arc::new(std::sync::Mutex::new(Probe::default()));
+    let p = probe.clone();
+    let restore: arca_testkit::hostile::RestorePlan =
+        Arc::new(move |c: Compromised, start: StartRestoreTransfer| {
+            let p = p.clone();
+            Box::pin(async move {
+                let session = start.session.clone();
+                let many = |ids: Vec<ChunkId>| {
+                    let (c, start, session) = (c.clone(), start.clone(), session.clone());
+                    async move {
+                        c.media_request::<_, ChunksData>(
+                            &start.media,
+                            MediaDataVerb::GetMany,
+                            &GetChunks { ids, session },
+                        )
+                        .await
+                    }
+                };
+                // The granted snapshot's chunk: served, with a check value
+                // under the key this agent was given.
+                let r = many(vec![granted_id])
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| {
+                        let f = &d.chunks[0];
+                        let (Some(frame), Some(check)) = (&f.frame, f.check) else {
+                            return Err(format!("no frame or check value: {f:?}"));
+                        };
+                        // As the restoring agent checks it.
+                        arca_repo::frame::decode(frame, &start.chunk_key, &check)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    });
+                p.lock().unwrap().granted_chunk = Some(r);
+                let r = outcome(many(vec![granted_id, secret_id]).await.map(|_| ()));
+                p.lock().unwrap().other_snapshot_many = Some(r);
+                let r: Result<ChunkData, _> = c
+                    .media_request(
+                        &start.media,
+                        MediaDataVerb::Get,
+                        &GetChunk {
+                            id: secret_id,
+                            session: session.clone(),
+                        },
+                    )
+                    .await;
+                p.lock().unwrap().other_snapshot_one = Some(outcome(r.map(|_| ())));
+                TransferState::Done(TransferOutcome {
+                    stats: Default::default(),
+                    snapshot: Some(start.snapshot.clone()),
+                    file_errors: vec![],
+                    file_warnings: vec![],
+                    error: None,
+                })
+            })
+        });
+    let _serving = thief
+        .serve_with(plan_tree(|_, _| async { vec![] }), Some(restore))
+        .await
+        .unwrap();
+    let r: JobsStarted = rpc::request(
+        &stack.client,
+        subject::scheduler("main", SchedulerVerb::Restore),
+        &StartRestore {
+            snapshot: granted.clone(),
+            target: Some("/restore".into()),
+            to_system: Some("thief".into()),
+            allow_cross_system: true,
+            operator: Some("alice".into()),
+            filter: Default::default(),
+            keep_privileges: false,
+        },
+    )
+    .await
+    .unwrap();
+    let (_, rec) = stack.wait_job(r.jobs[0]).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+
+    let probe = std::mem::take(&mut *probe.lock().unwrap());
+    assert_eq!(probe.granted_chunk, Some(Ok(())), "{probe:?}");
+    for r in [&probe.other_snapshot_many, &probe.other_snapshot_one] {
+        let e = r
+            .clone()
+            .expect("probed")
+            .expect_err("a chunk of another snapshot was served");
+        assert!(e.contains("not part of snapshot"), "{e}");
+    }
+    let start = thief.restores.lock().unwrap()[0].clone();
+    assert_ne!(
+        start.chunk_key, ra_key.key,
+        "the target was handed the source's chunk-id key"
+    );
+    // The job ended: the grant is closed.
+    let after: Result<ChunksData, _> = thief
+        .media_request(
+            "main",
+            MediaDataVerb::GetMany,
+            &GetChunks {
+                ids: vec![granted_id],
+                session: start.session.clone(),
+            },
+        )
+        .await;
+    let e = after.expect_err("the grant outlived its job").to_string();
+    assert!(e.contains("no restore session"), "{e}");
+}

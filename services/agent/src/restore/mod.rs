@@ -134,6 +134,17 @@ async fn get_chunk(
     .map_err(|e| e.to_reply())
 }
 
+/// The id a fetched chunk's plain bytes are checked against: its own id
+/// under the snapshot system's key; within a restore session (another
+/// system's snapshot, whose key this agent is not given) the check value
+/// media computed with the grant's key after checking the chunk itself.
+fn check_id(granted: bool, id: ChunkId, check: Option<ChunkId>) -> Result<ChunkId, String> {
+    if !granted {
+        return Ok(id);
+    }
+    check.ok_or_else(|| format!("chunk {id}: media sent no check value for the restore session"))
+}
+
 /// Most chunks, and plain bytes, fetched in one request.
 const GET_BATCH_CHUNKS: usize = 256;
 const GET_BATCH_BYTES: usize = 2 << 20;
@@ -204,8 +215,11 @@ struct Shared {
     /// The restore root, for reports.
     root: PathBuf,
     beneath: Beneath,
-    /// The snapshot system's chunk-id key.
+    /// The snapshot system's chunk-id key, or within a restore session
+    /// the grant's check key.
     key: [u8; 32],
+    /// Restoring another system's snapshot within a restore session.
+    granted: bool,
     privileges: Privileges,
     progress: Arc<Mutex<Progress>>,
     names: Mutex<Names>,
@@ -288,6 +302,7 @@ async fn restore(
     let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
     let shared = Arc::new(Shared {
         key: req.chunk_key,
+        granted: req.session.is_some(),
         beneath,
         privileges,
         progress: progress.clone(),
@@ -306,7 +321,8 @@ async fn restore(
     let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
         let got = get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
-        let plain = frame::decode(&got.frame, &req.chunk_key, id).map_err(|e| e.to_reply())?;
+        let check = check_id(shared.granted, *id, got.check).map_err(ErrorReply::internal)?;
+        let plain = frame::decode(&got.frame, &req.chunk_key, &check).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
             ErrorReply::new(
                 arca_schemas::ErrorCode::Corrupt,
@@ -656,6 +672,11 @@ impl Ctx {
     /// True when the file is already in place with the snapshot's content
     /// (every chunk hashed); its metadata is then set and it is counted.
     fn already_there(&self, i: usize) -> bool {
+        // Within a restore session the source's chunk ids cannot be
+        // computed here: a file in place is simply rewritten.
+        if self.granted {
+            return false;
+        }
         let f = &self.files[i];
         let Ok(Some((dir, name))) = self.beneath.parent(f.node.path()) else {
             return false;
@@ -732,8 +753,10 @@ impl Ctx {
             return;
         };
         let sparse = self.files[i].node.node().sparse;
-        let written = frame::decode(frame_bytes, &self.key, &id)
-            .map_err(|e| e.to_string())
+        let written = check_id(self.granted, id, got.check)
+            .and_then(|check| {
+                frame::decode(frame_bytes, &self.key, &check).map_err(|e| e.to_string())
+            })
             .and_then(|data| {
                 if data.len() != size {
                     return Err(format!(

@@ -310,6 +310,11 @@ pub struct JobRecord {
     /// The operator who asked, when the console said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
+    /// Restore only: the operator asked to keep device nodes, set-id bits,
+    /// `security.*`/`trusted.*` attributes and owners also into a target
+    /// folder or onto another system (`--keep-privileges`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

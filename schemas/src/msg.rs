@@ -157,6 +157,11 @@ pub struct StartRestore {
     /// Who asks (recorded in the audit stream).
     #[serde(default)]
     pub operator: Option<String>,
+    /// Into a target folder or onto another system, keep device nodes,
+    /// set-id bits, `security.*`/`trusted.*` attributes and owners as
+    /// recorded (recorded in the job and the audit stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 /// List jobs, newest first.
@@ -446,13 +451,22 @@ pub struct StartRestoreTransfer {
     /// this system read the snapshot.
     #[serde(default)]
     pub session: Option<String>,
-    /// The chunk-id key of the snapshot's system, to check every restored byte.
+    /// The chunk-id key of the snapshot's system, to check every restored
+    /// byte; within a restore session (another system's snapshot), the
+    /// grant's check key instead (the source's key is not handed out).
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub chunk_key: [u8; 32],
     /// Which of the snapshot's paths to restore; empty restores all.
     #[serde(default, skip_serializing_if = "PathFilter::is_empty")]
     pub filter: PathFilter,
+    /// Into a target folder or onto another system: keep device nodes,
+    /// set-id bits, `security.*`/`trusted.*` attributes and owners as
+    /// recorded (the operator asked for it). Without it such a restore
+    /// leaves them out and reports each; an in-place restore of a
+    /// system's own snapshot keeps them always.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 /// Stop a job's transfer (agent). A backup stopped this way commits no
@@ -571,6 +585,29 @@ pub struct SessionClosed {
 pub struct SessionOpened {
     /// Session id the agent names in its data requests.
     pub session: String,
+    /// Restore sessions: the key of this grant's check values (see
+    /// [`ChunkData::check`]), handed to the target agent in place of the
+    /// source system's chunk-id key, which it never sees.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<u8>>")]
+    pub check_key: Option<Vec<u8>>,
+}
+
+/// End a cross-system restore's grant (scheduler to media), when its job
+/// ends: the target may read nothing more of the source.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct CloseRestoreSession {
+    /// The restore job whose grant ends.
+    pub job: JobId,
+}
+
+/// Answer to [`CloseRestoreSession`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreSessionClosed {
+    /// False when the job had no open grant (already closed or expired).
+    pub closed: bool,
 }
 
 /// Store one chunk (agent to media). Acknowledged after a durable write.
@@ -689,6 +726,10 @@ pub struct FetchedChunk {
     /// Why it could not be.
     #[serde(default)]
     pub error: Option<crate::ErrorReply>,
+    /// Within a restore session: the chunk's id under the grant's check key
+    /// (see [`ChunkData::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<ChunkId>,
 }
 
 /// Answer to [`GetChunk`].
@@ -699,6 +740,12 @@ pub struct ChunkData {
     #[serde(with = "serde_bytes")]
     #[schemars(with = "Vec<u8>")]
     pub frame: Vec<u8>,
+    /// Within a restore session: media checked the chunk against its id
+    /// with the source system's key, and this is the id of the same plain
+    /// bytes under the grant's check key, which the target agent checks
+    /// (it holds that key, never the source's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<ChunkId>,
 }
 
 /// Fetch a snapshot's record and tree chunk list.

@@ -306,6 +306,7 @@ verbs!(
         Snapshot = "snapshot",
         RestoreSession = "restore-session",
         CloseSession = "close-session",
+        CloseRestore = "close-restore",
         ChunkKey = "chunk-key",
         Verify = "verify",
         RepairIndex = "repair-index",

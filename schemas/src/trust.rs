@@ -143,6 +143,10 @@ pub struct AuditRecord {
     /// shows what the subject, which the server enforces, says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<String>,
+    /// Restores: the operator asked to keep device nodes, set-id bits,
+    /// `security.*`/`trusted.*` attributes and owners (`--keep-privileges`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
 }
 
 /// Kinds of [`AuditRecord`].
@@ -155,6 +159,10 @@ pub enum AuditKind {
     KeyChanged,
     /// An operator restored one system's snapshot onto another system.
     CrossSystemRestore,
+    /// An operator restored a snapshot into a target folder keeping its
+    /// device nodes, set-id bits, capabilities and owners
+    /// (`--keep-privileges`).
+    PrivilegedRestore,
     /// A request was refused: missing, forged, expired or replayed token,
     /// a manifest signature that does not match, a restore onto another
     /// system without the operator's override.
@@ -186,6 +194,7 @@ impl AuditKind {
             AuditKind::Enrolled => "enrolled",
             AuditKind::KeyChanged => "key-changed",
             AuditKind::CrossSystemRestore => "cross-system-restore",
+            AuditKind::PrivilegedRestore => "privileged-restore",
             AuditKind::Refused => "refused",
         }
     }
@@ -210,6 +219,7 @@ impl AuditRecord {
             reason: None,
             claim: false,
             mismatch: None,
+            keep_privileges: false,
         }
     }
 }

@@ -648,6 +648,18 @@ impl Stack {
         target: Option<&Path>,
         filter: arca_schemas::PathFilter,
     ) -> Result<JobId, rpc::RpcError> {
+        self.restore_with(snapshot, target, filter, false).await
+    }
+
+    /// Starts a restore of the paths `filter` takes, keeping privileges
+    /// (`--keep-privileges`) when `keep_privileges`.
+    pub async fn restore_with(
+        &self,
+        snapshot: &arca_schemas::SnapshotId,
+        target: Option<&Path>,
+        filter: arca_schemas::PathFilter,
+        keep_privileges: bool,
+    ) -> Result<JobId, rpc::RpcError> {
         let r: JobsStarted = rpc::request(
             &self.client,
             subject::scheduler("main", SchedulerVerb::Restore),
@@ -658,6 +670,7 @@ impl Stack {
                 to_system: None,
                 allow_cross_system: false,
                 operator: None,
+                keep_privileges,
             },
         )
         .await?;

@@ -36,6 +36,14 @@ pub type Plan = Arc<
         + Sync,
 >;
 
+/// What a hostile restore does, given the job's start request (the
+/// target of a cross-system restore may be compromised too).
+pub type RestorePlan = Arc<
+    dyn Fn(Compromised, StartRestoreTransfer) -> Pin<Box<dyn Future<Output = TransferState> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A compromised system: its own connection and key, hostile intent.
 #[derive(Clone)]
 pub struct Compromised {
@@ -50,6 +58,8 @@ pub struct Compromised {
     pub finished: Arc<Mutex<Vec<JobId>>>,
     /// Jobs whose transfer the scheduler asked to stop (`cancel`), in order.
     pub cancelled: Arc<Mutex<Vec<JobId>>>,
+    /// Restore start requests received, in order.
+    pub restores: Arc<Mutex<Vec<StartRestoreTransfer>>>,
 }
 
 impl std::fmt::Debug for Compromised {
@@ -71,6 +81,7 @@ impl Compromised {
             started: Default::default(),
             finished: Default::default(),
             cancelled: Default::default(),
+            restores: Default::default(),
         })
     }
 
@@ -86,6 +97,16 @@ impl Compromised {
     /// a backup start by running `plan` (its result is what status
     /// questions get), a restore start as refused, a cancel as stopped.
     pub async fn serve(&self, plan: Plan) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        self.serve_with(plan, None).await
+    }
+
+    /// [`Compromised::serve`], and a restore start by running `restore`
+    /// (its result is what status questions get) when one is given.
+    pub async fn serve_with(
+        &self,
+        plan: Plan,
+        restore: Option<RestorePlan>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let mut sub = self
             .client
             .subscribe(subject::agent_all(&self.system))
@@ -175,6 +196,36 @@ impl Compromised {
                         }
                         respond(c, &msg, Ok(TransferCancelled { stopped: true })).await
                     }
+                    Some(AgentVerb::Restore) if restore.is_some() => {
+                        let r = decode_request::<StartRestoreTransfer>(&msg.payload).map(|start| {
+                            let first = {
+                                let mut s = states.lock().expect("states");
+                                let first = !s.contains_key(&start.job);
+                                if first {
+                                    s.insert(
+                                        start.job,
+                                        TransferState::Running {
+                                            stats: Default::default(),
+                                            current: None,
+                                        },
+                                    );
+                                }
+                                first
+                            };
+                            if first {
+                                me.restores.lock().expect("restores").push(start.clone());
+                                let (me2, plan, states) =
+                                    (me.clone(), restore.clone().expect("given"), states.clone());
+                                tokio::spawn(async move {
+                                    let job = start.job;
+                                    let end = plan(me2, start).await;
+                                    states.lock().expect("states").insert(job, end);
+                                });
+                            }
+                            TransferAccepted { started: first }
+                        });
+                        respond(c, &msg, r).await
+                    }
                     _ => {
                         let r: Result<(), _> = Err(arca_schemas::ErrorReply::bad_request(
                             "this system does not restore",
@@ -226,6 +277,23 @@ impl Compromised {
         rpc::request_with_timeout(
             &self.client,
             subject::media_data(&start.media, &self.system, verb),
+            body,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
+    /// Sends `body` to media `media`'s data subject `verb` for this system
+    /// (e.g. as the target of a restore).
+    pub async fn media_request<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        media: &str,
+        verb: MediaDataVerb,
+        body: &Q,
+    ) -> Result<R, RpcError> {
+        rpc::request_with_timeout(
+            &self.client,
+            subject::media_data(media, &self.system, verb),
             body,
             Duration::from_secs(30),
         )

@@ -1,14 +1,13 @@
 //! File metadata beyond what `std` reads: extended attributes (POSIX ACLs
-//! among them), owner and group names, special files, and setting all of
-//! it back on restore.
+//! among them), owner and group names. A restore sets it back through
+//! descriptors (`restore::metadata`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use arca_schemas::tree::{Node, NodeKind, Xattr};
+use arca_schemas::tree::{Node, Xattr};
 use rustix::io::Errno;
 
 /// Bytes of folder entries read with one system call.
@@ -244,73 +243,10 @@ fn owner_with(
     (uid, gid)
 }
 
-/// Creates a FIFO, device node or socket file at `dest` (replacing a
-/// non-folder there).
-pub fn make_special(dest: &Path, node: &Node) -> Result<(), String> {
-    use rustix::fs::{FileType, Mode};
-    let (file_type, rdev) = match &node.kind {
-        NodeKind::Fifo => (FileType::Fifo, 0),
-        NodeKind::Socket => (FileType::Socket, 0),
-        NodeKind::Device { rdev } => (FileType::from_raw_mode(node.mode), *rdev),
-        _ => return Err("not a special file".into()),
-    };
-    if matches!(node.kind, NodeKind::Device { .. }) && !rustix::process::geteuid().is_root() {
-        return Err("device nodes can only be created by root; run the agent as root".into());
-    }
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create folder: {e}"))?;
-    }
-    if let Ok(md) = std::fs::symlink_metadata(dest)
-        && !md.is_dir()
-    {
-        std::fs::remove_file(dest).map_err(|e| format!("cannot replace: {e}"))?;
-    }
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        dest,
-        file_type,
-        Mode::from_raw_mode(node.mode & 0o7777),
-        rdev,
-    )
-    .map_err(|e| format!("cannot create {}: {e}", node.kind.name()))
-}
-
-/// Sets owner (by name where the name exists here), mode, extended
-/// attributes and mtime, in that order (an ACL adjusts the mode; a change
-/// of owner clears set-id bits). Symlinks get no mode.
-pub fn apply(path: &Path, node: &Node, names: &mut Names) -> Result<(), String> {
-    let symlink = matches!(node.kind, NodeKind::Symlink { .. });
-    let (uid, gid) = names.owner(node);
-    let owner = if symlink {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-    } else {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-    };
-    // Only root may give files away; others keep their own ownership.
-    if let Err(e) = owner
-        && rustix::process::geteuid().is_root()
-    {
-        return Err(format!("cannot set owner {uid}:{gid}: {e}"));
-    }
-    if !symlink {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
-            .map_err(|e| format!("cannot set mode: {e}"))?;
-    }
-    for x in &node.xattrs {
-        let name = OsStr::from_bytes(&x.name);
-        rustix::fs::lsetxattr(path, name, &x.value, rustix::fs::XattrFlags::empty())
-            .map_err(|e| format!("cannot set extended attribute {}: {e}", name.display()))?;
-    }
-    // By path, never opening it (opening a FIFO would wait for a writer),
-    // and not following a symlink.
-    let mtime = filetime::FileTime::from_unix_time(node.mtime, node.mtime_nsec);
-    filetime::set_symlink_file_times(path, mtime, mtime)
-        .map_err(|e| format!("cannot set mtime: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arca_schemas::tree::NodeKind;
 
     fn node(user: Option<&str>, group: Option<&str>) -> Node {
         Node {
@@ -366,30 +302,5 @@ mod tests {
         assert_eq!(l.file_type(), rustix::fs::FileType::Symlink);
         assert_eq!(Stat::at(&fd, c"f").unwrap().size, 5);
         assert!(Stat::at(&fd, c"missing").is_err());
-    }
-
-    #[test]
-    fn xattrs_round_trip_on_a_real_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("f");
-        std::fs::write(&f, b"x").unwrap();
-        let mut n = node(None, None);
-        n.kind = NodeKind::File {
-            chunks: vec![],
-            sizes: vec![],
-        };
-        n.mode = 0o100640;
-        n.xattrs = vec![
-            Xattr {
-                name: b"user.a".to_vec(),
-                value: b"1".to_vec(),
-            },
-            Xattr {
-                name: b"user.b".to_vec(),
-                value: vec![0, 1, 2, 255],
-            },
-        ];
-        apply(&f, &n, &mut Names::default()).unwrap();
-        assert_eq!(read_xattrs(&f).unwrap(), n.xattrs);
     }
 }

@@ -103,6 +103,14 @@ enum Command {
         /// Allow restoring one system's snapshot onto another system.
         #[arg(long, requires = "to_system")]
         allow_cross_system: bool,
+        /// Into --target or onto another system, keep device nodes,
+        /// set-user-id/set-group-id bits, security.* and trusted.*
+        /// attributes (file capabilities) and owners as recorded; without
+        /// it they are left out and reported (an in-place restore of a
+        /// system's own snapshot always keeps them). Recorded in the job
+        /// and the audit stream.
+        #[arg(long)]
+        keep_privileges: bool,
         /// Print the job id and return at once.
         #[arg(long)]
         detach: bool,
@@ -570,6 +578,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             exclude,
             to_system,
             allow_cross_system,
+            keep_privileges,
             detach,
         } => {
             let snapshot = parse_snapshot(&snapshot)?;
@@ -585,6 +594,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     to_system,
                     allow_cross_system,
                     operator,
+                    keep_privileges,
                 },
             )
             .await?;

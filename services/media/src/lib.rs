@@ -134,17 +134,52 @@ fn default_id() -> String {
 }
 
 /// A restore onto another system that an operator allowed: `target` may
-/// read the snapshot of `source`.
+/// read the snapshot of `source`, and only it: the chunks of its tree and
+/// the file chunks they name, computed when the grant opens. Each chunk
+/// served is checked here against its id with the source's key, and sent
+/// with its id under `check_key`, the only key the target is given.
 struct RestoreGrant {
     job: JobId,
     target: String,
     source: String,
     snapshot: SnapshotId,
     opened_at: std::time::Instant,
+    chunks: HashSet<arca_schemas::ChunkId>,
+    check_key: [u8; 32],
 }
 
-/// How long a restore session lets its target read.
+/// How long a restore session lets its target read when the scheduler
+/// never closes it (it closes it when the restore job ends).
 const RESTORE_GRANT_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A fresh random key for a grant's check values.
+fn random_key() -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(uuid::Uuid::new_v4().as_bytes());
+    h.update(uuid::Uuid::new_v4().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Every chunk a snapshot's restore reads: its tree chunks and the file
+/// chunks they name.
+fn snapshot_chunks(
+    repo: &Repository,
+    record: &SnapshotRecord,
+) -> Result<HashSet<arca_schemas::ChunkId>, ErrorReply> {
+    let mut chunks = HashSet::new();
+    for id in &record.tree {
+        chunks.insert(*id);
+        let batch = repo
+            .tree_batch(&record.info.system, id)
+            .map_err(|e| e.to_reply())?;
+        for n in batch.nodes {
+            if let NodeKind::File { chunks: c, .. } = n.kind {
+                chunks.extend(c);
+            }
+        }
+    }
+    Ok(chunks)
+}
 
 struct Media {
     id: String,
@@ -365,6 +400,13 @@ impl Media {
                 });
                 respond(&self.client, &msg, r).await
             }
+            Some(MediaVerb::CloseRestore) => {
+                let r = match self.gate.check(&msg) {
+                    Ok(claims) => self.close_restore(&msg.payload, &claims),
+                    Err(e) => Err(e.to_reply()),
+                };
+                self.answer(&msg, None, r).await
+            }
             Some(MediaVerb::Snapshots) => {
                 let r = self.list_snapshots(&msg.payload).await;
                 respond(&self.client, &msg, r).await
@@ -491,6 +533,7 @@ impl Media {
                     .await;
                 self.answer(&msg, Some(system), r).await
             }
+            // A read outside a restore grant is refused and audited.
             Some(MediaDataVerb::GetMany) => {
                 let r = self
                     .clone()
@@ -499,8 +542,8 @@ impl Media {
                 self.answer(&msg, Some(system), r).await
             }
             Some(MediaDataVerb::Get) => {
-                let r = self.clone().get(system, msg.payload.clone()).await;
-                respond(&self.client, &msg, r).await
+                let r = self.clone().get(system.clone(), msg.payload.clone()).await;
+                self.answer(&msg, Some(system), r).await
             }
             Some(MediaDataVerb::Snapshot) => {
                 let r = self.get_snapshot(&msg.payload, Some(&system)).await;
@@ -548,7 +591,10 @@ impl Media {
             .find(|(_, s)| s.job == req.job && !s.closed)
             .map(|(id, _)| id.clone())
         {
-            return Ok(SessionOpened { session: id });
+            return Ok(SessionOpened {
+                session: id,
+                check_key: None,
+            });
         }
         if req.quota_bytes.is_some() {
             // What the system holds now; every put of the session adds.
@@ -562,7 +608,10 @@ impl Media {
             id.clone(),
             Session::new(req.job, req.system, agent_key, req.paths, req.quota_bytes),
         );
-        Ok(SessionOpened { session: id })
+        Ok(SessionOpened {
+            session: id,
+            check_key: None,
+        })
     }
 
     /// Opens (once per job) a restore session letting `req.system` read a
@@ -579,7 +628,7 @@ impl Media {
             .await
             .map_err(|e| ErrorReply::internal(e.to_string()))?
             .map_err(|e| e.to_reply())?;
-        let source = record.info.system;
+        let source = record.info.system.clone();
         if claims.system != req.system
             || claims.job != req.job
             || claims.snapshot.as_ref() != Some(&req.snapshot)
@@ -591,15 +640,30 @@ impl Media {
                 req.snapshot, req.system
             )));
         }
+        let existing = |restores: &mut HashMap<String, RestoreGrant>| {
+            restores.retain(|_, g| g.opened_at.elapsed() < RESTORE_GRANT_TTL);
+            restores
+                .iter()
+                .find(|(_, g)| g.job == req.job)
+                .map(|(id, g)| SessionOpened {
+                    session: id.clone(),
+                    check_key: Some(g.check_key.to_vec()),
+                })
+        };
+        if let Some(opened) = existing(&mut self.restores.lock().expect("restores lock")) {
+            return Ok(opened);
+        }
+        let repo = self.repo.clone();
+        let chunks = tokio::task::spawn_blocking(move || snapshot_chunks(&repo, &record))
+            .await
+            .map_err(|e| ErrorReply::internal(e.to_string()))??;
         let mut restores = self.restores.lock().expect("restores lock");
-        restores.retain(|_, g| g.opened_at.elapsed() < RESTORE_GRANT_TTL);
-        if let Some((id, _)) = restores.iter().find(|(_, g)| g.job == req.job) {
-            return Ok(SessionOpened {
-                session: id.clone(),
-            });
+        if let Some(opened) = existing(&mut restores) {
+            return Ok(opened);
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        tracing::warn!(job = %req.job, snapshot = %req.snapshot, %source, target = %req.system, session = %id, "cross-system restore session opened");
+        let check_key = random_key();
+        tracing::warn!(job = %req.job, snapshot = %req.snapshot, %source, target = %req.system, session = %id, chunks = chunks.len(), "cross-system restore session opened");
         restores.insert(
             id.clone(),
             RestoreGrant {
@@ -608,9 +672,72 @@ impl Media {
                 source,
                 snapshot: req.snapshot,
                 opened_at: std::time::Instant::now(),
+                chunks,
+                check_key,
             },
         );
-        Ok(SessionOpened { session: id })
+        Ok(SessionOpened {
+            session: id,
+            check_key: Some(check_key.to_vec()),
+        })
+    }
+
+    /// Ends the restore grant of the token's job (when the job ends).
+    fn close_restore(
+        &self,
+        payload: &[u8],
+        claims: &TokenClaims,
+    ) -> Result<RestoreSessionClosed, ErrorReply> {
+        let req: CloseRestoreSession = decode_request(payload)?;
+        if claims.job != req.job {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: the job token is not for job {}",
+                req.job
+            )));
+        }
+        let mut restores = self.restores.lock().expect("restores lock");
+        let before = restores.len();
+        restores.retain(|_, g| g.job != req.job);
+        let closed = restores.len() < before;
+        if closed {
+            tracing::info!(job = %req.job, "cross-system restore session closed");
+        }
+        Ok(RestoreSessionClosed { closed })
+    }
+
+    /// Within a restore session: refuses any chunk outside the granted
+    /// snapshot, and gives the source's chunk-id key (to check each chunk
+    /// before serving it) and the grant's check key. `None` outside a
+    /// session.
+    fn grant_keys(
+        &self,
+        system: &str,
+        session: Option<&str>,
+        ids: &[arca_schemas::ChunkId],
+    ) -> Result<Option<GrantKeys>, ErrorReply> {
+        let Some(session) = session else {
+            return Ok(None);
+        };
+        let restores = self.restores.lock().expect("restores lock");
+        let Some(g) = restores
+            .get(session)
+            .filter(|g| g.target == system && g.opened_at.elapsed() < RESTORE_GRANT_TTL)
+        else {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: no restore session {session} for system {system}"
+            )));
+        };
+        if let Some(id) = ids.iter().find(|id| !g.chunks.contains(id)) {
+            return Err(ErrorReply::forbidden(format!(
+                "refused: chunk {id} is not part of snapshot {}, the only one restore session \
+                 {session} lets {system} read",
+                g.snapshot
+            )));
+        }
+        Ok(Some(GrantKeys {
+            source: self.repo.chunk_id_key(&g.source),
+            check: g.check_key,
+        }))
     }
 
     /// The system whose data a restore request of `system` reads: its own,
@@ -762,13 +889,18 @@ impl Media {
         payload: bytes::Bytes,
     ) -> Result<ChunkData, ErrorReply> {
         let req: GetChunk = decode_request(&payload)?;
+        let keys = self.grant_keys(&system, req.session.as_deref(), &[req.id])?;
         let (system, _) = self.read_scope(&system, req.session.as_deref())?;
         blocking("get", move || {
             let frame = self
                 .repo
                 .get_chunk(&system, &req.id)
                 .map_err(|e| e.to_reply())?;
-            Ok(ChunkData { frame })
+            let check = match keys {
+                Some(keys) => Some(check_value(&frame, &req.id, keys).map_err(|e| e.to_reply())?),
+                None => None,
+            };
+            Ok(ChunkData { frame, check })
         })
         .await
     }
@@ -783,6 +915,7 @@ impl Media {
         payload: bytes::Bytes,
     ) -> Result<ChunksData, ErrorReply> {
         let req: GetChunks = decode_request(&payload)?;
+        let keys = self.grant_keys(&system, req.session.as_deref(), &req.ids)?;
         let (system, _) = self.read_scope(&system, req.session.as_deref())?;
         limits::at_most("get-many", req.ids.len(), limits::MAX_GET_IDS)?;
         let bytes: u64 = req
@@ -807,27 +940,37 @@ impl Media {
                 .filter(|id| seen.insert(**id))
                 .copied()
                 .collect();
-            let read: HashMap<arca_schemas::ChunkId, Result<Vec<u8>, ErrorReply>> = distinct
+            // Each distinct chunk read (and, for a grant, checked) once.
+            type Checked = Result<(Vec<u8>, Option<arca_schemas::ChunkId>), ErrorReply>;
+            let read: HashMap<arca_schemas::ChunkId, Checked> = distinct
                 .iter()
                 .copied()
-                .zip(
-                    self.repo
-                        .get_chunks(&system, &distinct)
-                        .into_iter()
-                        .map(|r| r.map_err(|e| e.to_reply())),
-                )
+                .zip(self.repo.get_chunks(&system, &distinct))
+                .map(|(id, r)| {
+                    let checked = r
+                        .and_then(|frame| match keys {
+                            Some(keys) => {
+                                check_value(&frame, &id, keys).map(|check| (frame, Some(check)))
+                            }
+                            None => Ok((frame, None)),
+                        })
+                        .map_err(|e| e.to_reply());
+                    (id, checked)
+                })
                 .collect();
             let chunks = req
                 .ids
                 .iter()
                 .map(|id| match &read[id] {
-                    Ok(frame) => FetchedChunk {
+                    Ok((frame, check)) => FetchedChunk {
                         frame: Some(frame.clone()),
                         error: None,
+                        check: *check,
                     },
                     Err(e) => FetchedChunk {
                         frame: None,
                         error: Some(e.clone()),
+                        check: None,
                     },
                 })
                 .collect();
@@ -1044,6 +1187,26 @@ impl Media {
             tree: record.tree,
         })
     }
+}
+
+/// The keys a restore session reads with.
+#[derive(Clone, Copy)]
+struct GrantKeys {
+    /// The source system's chunk-id key (never sent).
+    source: [u8; 32],
+    /// The grant's check key (the target's).
+    check: [u8; 32],
+}
+
+/// A chunk served within a restore session: checked against `id` with the
+/// source system's key, and its id under the grant's check key.
+fn check_value(
+    frame_bytes: &[u8],
+    id: &arca_schemas::ChunkId,
+    keys: GrantKeys,
+) -> Result<arca_schemas::ChunkId, arca_repo::RepoError> {
+    let plain = frame::decode(frame_bytes, &keys.source, id)?;
+    Ok(frame::chunk_id(&keys.check, &plain))
 }
 
 /// One page of a snapshot's file list, chunk lists summed up by a digest.

@@ -836,33 +836,37 @@ impl Driver {
     async fn start_transfer(&self, system: &SystemConfig) -> Result<(), StepError> {
         let client = &self.sched.client;
         let retry = Duration::from_secs(self.sched.config.retry_secs);
-        // A restore checks every byte with the key of the snapshot's own
-        // system, which is another one after an operator's override.
+        // A restore of another system's snapshot (an operator's override)
+        // is checked with the restore grant's own key, never the source's.
         let source = self
             .rec
             .source_system
             .clone()
             .unwrap_or_else(|| system.name.clone());
-        let key_req = GetChunkKey {
-            system: source.clone(),
-        };
         let timeout = rpc::DEFAULT_TIMEOUT;
-        let chunk_key: ChunkKey = rpc::retry(retry, || {
-            rpc::request(
-                client,
-                subject::media(&system.media, MediaVerb::ChunkKey),
-                &key_req,
-            )
-        })
-        .await
-        .map_err(|e| {
-            StepError::new(
-                "transferred",
-                format!("media {} did not answer: {e}", system.media),
-            )
-        })?;
+        let own_key = || async {
+            let key_req = GetChunkKey {
+                system: system.name.clone(),
+            };
+            let key: ChunkKey = rpc::retry(retry, || {
+                rpc::request(
+                    client,
+                    subject::media(&system.media, MediaVerb::ChunkKey),
+                    &key_req,
+                )
+            })
+            .await
+            .map_err(|e| {
+                StepError::new(
+                    "transferred",
+                    format!("media {} did not answer: {e}", system.media),
+                )
+            })?;
+            Ok::<_, StepError>(key.key)
+        };
         match self.rec.kind {
             JobKind::Backup => {
+                let chunk_key = own_key().await?;
                 let open = OpenSession {
                     job: self.rec.id,
                     system: system.name.clone(),
@@ -903,7 +907,7 @@ impl Driver {
                         Some(arca_schemas::BackupType::Full) => None,
                         _ => self.parent_snapshot(system).await,
                     },
-                    chunk_key: chunk_key.key,
+                    chunk_key,
                     selection: system.selection(),
                 };
                 let token = self.token(&system.name, Grant::default());
@@ -934,7 +938,7 @@ impl Driver {
                 };
                 // Onto another system, media lets the target read the
                 // snapshot only within a restore session the token allows.
-                let session = if cross {
+                let (session, chunk_key) = if cross {
                     let open = OpenRestoreSession {
                         job: self.rec.id,
                         system: system.name.clone(),
@@ -957,9 +961,23 @@ impl Driver {
                             format!("media {} did not open a restore session: {e}", system.media),
                         )
                     })?;
-                    Some(opened.session)
+                    let key = opened
+                        .check_key
+                        .as_deref()
+                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                        .ok_or_else(|| {
+                            StepError::new(
+                                "transferred",
+                                format!(
+                                    "media {} opened a restore session without a check key; \
+                                     upgrade it",
+                                    system.media
+                                ),
+                            )
+                        })?;
+                    (Some(opened.session), key)
                 } else {
-                    None
+                    (None, own_key().await?)
                 };
                 let start = StartRestoreTransfer {
                     job: self.rec.id,
@@ -967,8 +985,9 @@ impl Driver {
                     snapshot,
                     target: self.rec.target.clone(),
                     session,
-                    chunk_key: chunk_key.key,
+                    chunk_key,
                     filter: self.rec.filter.clone(),
+                    keep_privileges: self.rec.keep_privileges,
                 };
                 let token = self.token(&system.name, grant);
                 let _: TransferAccepted = rpc::retry(retry, || {
@@ -1191,6 +1210,7 @@ impl Driver {
             self.rec.prepared = false;
             self.save().await;
         }
+        self.close_restore_grant(system).await;
         if !self.rec.open_windows.is_empty() {
             self.enter(JobStep::ClosingWindow).await;
         }
@@ -1226,6 +1246,37 @@ impl Driver {
             self.save().await;
         }
         failure
+    }
+
+    /// Ends a cross-system restore's grant on media, so that the target
+    /// reads nothing more of the source once its job ends (media also lets
+    /// a grant expire, should this request be lost).
+    async fn close_restore_grant(&self, system: &SystemConfig) {
+        if self.rec.kind != JobKind::Restore || self.rec.source_system.is_none() {
+            return;
+        }
+        let grant = Grant {
+            snapshot: self.rec.snapshot.clone(),
+            source_system: self.rec.source_system.clone(),
+            cross_system: true,
+            agent_key: None,
+        };
+        let token = self.token(&system.name, grant);
+        let close = CloseRestoreSession { job: self.rec.id };
+        let r: Result<RestoreSessionClosed, RpcError> =
+            rpc::retry(Duration::from_secs(self.sched.config.retry_secs), || {
+                rpc::request_signed(
+                    &self.sched.client,
+                    subject::media(&system.media, MediaVerb::CloseRestore),
+                    &close,
+                    rpc::DEFAULT_TIMEOUT,
+                    &token,
+                )
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(job = %self.rec.id, error = %e, "media did not close the restore session; it expires by itself");
+        }
     }
 
     /// Marks the job final. The error recorded before the clean-up (a

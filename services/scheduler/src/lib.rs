@@ -238,6 +238,7 @@ struct NewJob {
     filter: arca_schemas::PathFilter,
     source_system: Option<String>,
     operator: Option<String>,
+    keep_privileges: bool,
 }
 
 pub(crate) struct Scheduler {
@@ -432,6 +433,7 @@ impl Scheduler {
             filter,
             source_system,
             operator,
+            keep_privileges,
         } = new;
         let now = chrono::Utc::now();
         let rec = JobRecord {
@@ -464,6 +466,7 @@ impl Scheduler {
             resumed: 0,
             source_system,
             operator,
+            keep_privileges,
         };
         self.put_job(&rec).await?;
         arca_runtime::events::publish(
@@ -504,6 +507,7 @@ impl Scheduler {
                 filter: Default::default(),
                 source_system: None,
                 operator: None,
+                keep_privileges: false,
             };
             let rec = self.create_job(sys, new).await?;
             jobs.push((rec.priority, rec.id));
@@ -560,6 +564,7 @@ impl Scheduler {
                 onto
             )));
         }
+        let into_target = req.target.is_some();
         let new = NewJob {
             kind: JobKind::Restore,
             snapshot: Some(req.snapshot.clone()),
@@ -570,15 +575,27 @@ impl Scheduler {
             scheduled_for: None,
             source_system: cross.then(|| info.system.clone()),
             operator: req.operator.clone(),
+            keep_privileges: req.keep_privileges,
         };
         let rec = self.create_job(&system, new).await?;
-        if cross {
-            let mut a = AuditRecord::new(AuditKind::CrossSystemRestore, self.audit_by());
+        // A restore that may give someone power on the restoring host (onto
+        // another system, or keeping privileges in a target folder) is
+        // audited.
+        let kind = if cross {
+            Some(AuditKind::CrossSystemRestore)
+        } else if req.keep_privileges && into_target {
+            Some(AuditKind::PrivilegedRestore)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            let mut a = AuditRecord::new(kind, self.audit_by());
             a.system = Some(onto.clone());
-            a.source_system = Some(info.system.clone());
+            a.source_system = cross.then(|| info.system.clone());
             a.snapshot = Some(req.snapshot);
             a.job = Some(rec.id);
             a.operator = req.operator;
+            a.keep_privileges = req.keep_privileges;
             self.audit(a).await;
         }
         self.queue.push_all([(rec.priority, rec.id)]);

@@ -36,6 +36,9 @@
 //!   refuses its hostile trees at commit; quotas; sessions closed and expired.
 //! - `hostile_jobs`: a compromised system against the scheduler, the audit
 //!   and events streams, job tokens and the console.
+//! - `hostile_restore`: a compromised system's snapshot restored elsewhere
+//!   writes nothing outside the target or through a link, keeps no
+//!   privileges unless asked, and fails files whose chunk sizes lie.
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
@@ -47,8 +50,9 @@ mod events;
 mod firewall;
 mod hooks;
 mod hostile;
-mod hostile_media;
 mod hostile_jobs;
+mod hostile_media;
+mod hostile_restore;
 mod metadata;
 mod postgres;
 mod registry;

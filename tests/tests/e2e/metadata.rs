@@ -58,7 +58,12 @@ async fn restored(
     target: Option<&Path>,
     filter: PathFilter,
 ) -> arca_schemas::JobRecord {
-    let job = stack.restore_filtered(snap, target, filter).await.unwrap();
+    // Faithful: into a target folder, devices, set-id bits, capabilities
+    // and owners are kept only when asked.
+    let job = stack
+        .restore_with(snap, target, filter, true)
+        .await
+        .unwrap();
     stack.wait_job(job).await.unwrap().1
 }
 
@@ -348,7 +353,7 @@ async fn a_restore_over_a_tree_rewrites_only_what_differs_and_an_interrupted_one
     let target = data.path().join("restored");
     let out = restored_path(&target, &src);
     let job = stack
-        .restore_filtered(&snap, Some(&target), PathFilter::default())
+        .restore_with(&snap, Some(&target), PathFilter::default(), true)
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

@@ -465,7 +465,11 @@ async fn backups_under_pgbench_restore_to_clusters_that_recover_and_pass_amcheck
         let snap = rec.snapshot.clone().unwrap();
 
         let target = work.path().join(format!("restore-{round}"));
-        let job = stack.restore(&snap, Some(&target)).await.unwrap();
+        // Kept owners: the copy runs as the cluster's user.
+        let job = stack
+            .restore_with(&snap, Some(&target), Default::default(), true)
+            .await
+            .unwrap();
         let (events, rec) = stack.wait_job(job).await.unwrap();
         assert_eq!(rec.status, JobStatus::Succeeded, "round {round}: {rec:#?}");
         assert!(

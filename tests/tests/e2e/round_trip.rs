@@ -78,7 +78,15 @@ fn restored_path(target: &Path, original: &Path) -> std::path::PathBuf {
 /// Restores `snap` into `target` through the operator's console and
 /// checks that the restored copy of `src` equals it.
 fn restore_equal(stack: &Stack, snap: &str, target: &Path, src: &Path) {
-    let out = stack.arca(&["restore", snap, "--target", target.to_str().unwrap()]);
+    // Faithful in metadata too (owners, set-id bits): a restore into a
+    // target folder keeps them only when asked.
+    let out = stack.arca(&[
+        "restore",
+        snap,
+        "--target",
+        target.to_str().unwrap(),
+        "--keep-privileges",
+    ]);
     assert!(
         out.status.success(),
         "restore failed:\n{}",

@@ -441,6 +441,7 @@ async fn a_restore_onto_another_system_needs_the_override_and_is_audited() {
             allow_cross_system: false,
             operator: Some("alice".into()),
             filter: Default::default(),
+            keep_privileges: false,
         },
     )
     .await;
@@ -468,6 +469,7 @@ async fn a_restore_onto_another_system_needs_the_override_and_is_audited() {
         session: None,
         chunk_key: key.key,
         filter: Default::default(),
+        keep_privileges: false,
     };
     let subj = subject::agent("rb", AgentVerb::Restore);
     let body = codec::encode(&start).unwrap();
@@ -543,6 +545,7 @@ async fn a_restore_onto_another_system_needs_the_override_and_is_audited() {
             allow_cross_system: true,
             operator: Some("alice".into()),
             filter: Default::default(),
+            keep_privileges: false,
         },
     )
     .await

@@ -19,6 +19,16 @@
 //! names of hard-linked files are linked to their first name; FIFOs,
 //! device nodes, sockets and symlinks follow; folder metadata is applied
 //! last, deepest first, because writing into a folder changes its mtime.
+//!
+//! The tree comes from the system that was backed up and is not trusted:
+//! each node is checked before anything is written for it ([`check`]),
+//! every write is resolved beneath the restore root without following a
+//! symbolic link ([`beneath`]), and what of a node's privileges is kept
+//! depends on where the restore goes ([`metadata`]).
+
+mod beneath;
+mod check;
+mod metadata;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -44,8 +54,12 @@ use arca_schemas::{ChunkId, codec};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::Progress;
-use crate::meta::{self, Names};
+use crate::meta::Names;
 use crate::select::{self, Filter};
+use beneath::{Beneath, Temp};
+use check::Checked;
+use metadata::{On, Privileges};
+use rustix::fs::{AtFlags, OFlags};
 
 /// Block size below which a sparse file's zeros are written, not left as holes.
 const HOLE_BLOCK: usize = 4096;
@@ -111,14 +125,24 @@ async fn get_chunk(
     id: ChunkId,
     session: Option<String>,
     timeout: Duration,
-) -> Result<Vec<u8>, ErrorReply> {
+) -> Result<ChunkData, ErrorReply> {
     let body = GetChunk { id, session };
-    let r: ChunkData = rpc::retry(Duration::from_secs(30), || {
+    rpc::retry(Duration::from_secs(30), || {
         rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
     })
     .await
-    .map_err(|e| e.to_reply())?;
-    Ok(r.frame)
+    .map_err(|e| e.to_reply())
+}
+
+/// The id a fetched chunk's plain bytes are checked against: its own id
+/// under the snapshot system's key; within a restore session (another
+/// system's snapshot, whose key this agent is not given) the check value
+/// media computed with the grant's key after checking the chunk itself.
+fn check_id(granted: bool, id: ChunkId, check: Option<ChunkId>) -> Result<ChunkId, String> {
+    if !granted {
+        return Ok(id);
+    }
+    check.ok_or_else(|| format!("chunk {id}: media sent no check value for the restore session"))
 }
 
 /// Most chunks, and plain bytes, fetched in one request.
@@ -148,36 +172,58 @@ async fn get_chunks(
     Ok(r.chunks)
 }
 
-/// The temporary file of a file being restored.
 /// Files at least this large are written back as soon as they are whole.
 const EARLY_WRITEBACK: u64 = 8 << 20;
 
+/// Entries a report names one by one for each kind of privilege left out;
+/// the rest are counted.
+const LEFT_OUT_NAMED: usize = 20;
+
+/// The temporary file of a file being restored.
 enum Slot {
     /// Not created yet.
     New,
     /// Being written.
-    Open(tempfile::NamedTempFile),
+    Open(Temp, File),
     /// Moved into place or given up.
     Closed,
 }
 
 /// One file being restored.
 struct FileState {
-    node: Node,
-    dest: PathBuf,
-    /// Created with the first chunk, persisted or dropped with the last;
-    /// the descriptor is held only while the file is being written.
+    node: Checked,
+    /// Its name as reported (under the restore root, escaped).
+    shown: String,
+    /// Created with the first chunk, moved into place or dropped with the
+    /// last; the descriptor is held only while the file is being written.
     tmp: Mutex<Slot>,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
 }
 
+/// What a restore left out of the privileges the snapshot records.
+#[derive(Default)]
+struct LeftOut {
+    /// Entries given to the restoring user instead of their owner.
+    owners: usize,
+    /// Entries reported by name so far, per kind of privilege.
+    named: std::collections::HashMap<&'static str, usize>,
+}
+
 /// What every part of a restore shares.
 struct Shared {
+    /// The restore root, for reports.
     root: PathBuf,
+    beneath: Beneath,
+    /// The snapshot system's chunk-id key, or within a restore session
+    /// the grant's check key.
     key: [u8; 32],
+    /// Restoring another system's snapshot within a restore session.
+    granted: bool,
+    privileges: Privileges,
     progress: Arc<Mutex<Progress>>,
     names: Mutex<Names>,
+    left_out: Mutex<LeftOut>,
     /// Files of the restore that were not restored (other names of them
     /// are not linked).
     failed: Mutex<HashSet<Vec<u8>>>,
@@ -239,11 +285,29 @@ async fn restore(
         }
         None => PathBuf::from("/"),
     };
+    // Only an in-place restore of the system's own snapshot is faithful
+    // without the operator asking.
+    let own_in_place = req.target.is_none() && snap.info.system == system;
+    let privileges = if own_in_place || req.keep_privileges {
+        Privileges::keep()
+    } else {
+        Privileges::restoring_user()
+    };
+    let beneath = Beneath::open(&root).map_err(|e| {
+        ErrorReply::bad_request(format!(
+            "restore target {} cannot be opened: {e}",
+            root.display()
+        ))
+    })?;
     let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
     let shared = Arc::new(Shared {
         key: req.chunk_key,
+        granted: req.session.is_some(),
+        beneath,
+        privileges,
         progress: progress.clone(),
         names: Mutex::new(Names::default()),
+        left_out: Mutex::new(LeftOut::default()),
         failed: Mutex::new(HashSet::new()),
         root,
     });
@@ -256,9 +320,9 @@ async fn restore(
     let (mut dirs, mut others, mut links) = (Vec::new(), Vec::new(), Vec::new());
     let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
-        let frame_bytes =
-            get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
-        let plain = frame::decode(&frame_bytes, &req.chunk_key, id).map_err(|e| e.to_reply())?;
+        let got = get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
+        let check = check_id(shared.granted, *id, got.check).map_err(ErrorReply::internal)?;
+        let plain = frame::decode(&got.frame, &req.chunk_key, &check).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
             ErrorReply::new(
                 arca_schemas::ErrorCode::Corrupt,
@@ -266,15 +330,23 @@ async fn restore(
             )
         })?;
         // Folders first, in walk order. Other names of a file restored
-        // here are linked once it is in place.
+        // here are linked once it is in place. A node that fails its check
+        // is reported and nothing is written for it.
         let (mut new_dirs, mut files) = (Vec::new(), Vec::new());
         for n in sel.take(batch.nodes) {
-            match n.kind {
+            let n = match Checked::new(n) {
+                Ok(n) => n,
+                Err((n, why)) => {
+                    shared.refuse(&n, why);
+                    continue;
+                }
+            };
+            match n.node().kind {
                 NodeKind::Dir => new_dirs.push(n),
-                NodeKind::File { .. } => match &n.hardlink {
-                    Some(first) if sel.files.contains(&path_key(first)) => links.push(n),
+                NodeKind::File { .. } => match n.first() {
+                    Some(first) if sel.files.contains(&path_key(first.as_bytes())) => links.push(n),
                     _ => {
-                        sel.files.insert(path_key(&n.path));
+                        sel.files.insert(path_key(&n.node().path));
                         files.push(n)
                     }
                 },
@@ -285,8 +357,8 @@ async fn restore(
             files: files
                 .into_iter()
                 .map(|node| FileState {
-                    remaining: AtomicUsize::new(node.chunks().len()),
-                    dest: shared.dest(&node.path),
+                    remaining: AtomicUsize::new(node.pieces().count()),
+                    shown: shared.shown(&node.node().path),
                     node,
                     tmp: Mutex::new(Slot::New),
                     failed: Mutex::new(None),
@@ -339,32 +411,27 @@ async fn restore(
             ctx2.link(l);
         }
         for n in &others {
-            let dest = ctx2.dest(&n.path);
-            ctx2.progress.lock().expect("progress lock").stats.entries += 1;
-            let made = match &n.kind {
-                NodeKind::Symlink { target } => symlink(&dest, target),
-                _ => meta::make_special(&dest, n),
-            };
-            if let Err(e) = made.and_then(|_| ctx2.apply(&dest, n)) {
-                ctx2.file_error(&dest, e);
-            }
+            ctx2.make_other(n);
         }
         // Deepest first, so setting a folder's mtime is not undone by
         // writing into one of its subfolders.
         for d in dirs.iter().rev() {
-            let dest = ctx2.dest(&d.path);
-            if let Err(e) = ctx2.apply(&dest, d) {
-                ctx2.file_error(&dest, e);
-            }
+            ctx2.dir_metadata(d);
         }
+        ctx2.report_owners();
         // The restore ends when what it wrote is on disk.
-        std::fs::File::open(&ctx2.root)
-            .and_then(|root| rustix::fs::syncfs(&root).map_err(std::io::Error::from))
-            .map_err(|e| {
-                ErrorReply::internal(format!(
-                    "the restored files could not be flushed to disk: {e}"
-                ))
-            })
+        rustix::fs::openat(
+            &**ctx2.beneath.root(),
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .and_then(|root| rustix::fs::syncfs(&root))
+        .map_err(|e| {
+            ErrorReply::internal(format!(
+                "the restored files could not be flushed to disk: {e}"
+            ))
+        })
     })
     .await
     .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))??;
@@ -372,59 +439,225 @@ async fn restore(
 }
 
 impl Shared {
-    fn dest(&self, path: &[u8]) -> PathBuf {
-        let rel = path.strip_prefix(b"/").unwrap_or(path);
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(OsStr::from_bytes(rel))
+    /// A node's path under the restore root, escaped, for reports.
+    fn shown(&self, path: &[u8]) -> String {
+        let mut full = self.root.as_os_str().as_bytes().to_vec();
+        if full.last() == Some(&b'/') && path.first() == Some(&b'/') {
+            full.pop();
         }
+        full.extend_from_slice(path);
+        arca_schemas::text::escape_bytes(&full)
     }
 
-    fn apply(&self, path: &Path, node: &Node) -> Result<(), String> {
-        meta::apply(path, node, &mut self.names.lock().expect("names lock"))
-    }
-
-    /// Makes another name of a file restored in this run.
-    fn link(&self, node: &Node) {
-        let dest = self.dest(&node.path);
-        self.progress.lock().expect("progress lock").stats.entries += 1;
-        let first = node.hardlink.as_deref().unwrap_or_default();
-        let first_dest = self.dest(first);
-        let linked = if self.failed.lock().expect("failed lock").contains(first) {
-            Err(format!(
-                "not restored: it is another name of {}, which was not restored",
-                first_dest.display()
-            ))
-        } else {
-            replace_with(&dest, |d| std::fs::hard_link(&first_dest, d))
-                .map_err(|e| format!("cannot link to {}: {e}", first_dest.display()))
-        };
-        match linked {
-            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
-            Err(e) => self.file_error(&dest, e),
-        }
-    }
-
-    fn file_error(&self, path: &Path, error: String) {
+    fn file_error(&self, shown: &str, error: String) {
         self.progress
             .lock()
             .expect("progress lock")
-            .file_failed(path, error);
+            .file_failed(Path::new(shown), error);
+    }
+
+    fn file_warning(&self, shown: &str, warning: String) {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .file_warned(Path::new(shown), warning);
+    }
+
+    /// Reports a node that failed its check; nothing is written for it.
+    fn refuse(&self, node: &Node, why: String) {
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        let shown = arca_schemas::text::escape_bytes(&node.path);
+        self.failed
+            .lock()
+            .expect("failed lock")
+            .insert(node.path.clone());
+        self.file_error(&shown, format!("{why}; nothing was written for it"));
+    }
+
+    /// Reports what of `node` the restore leaves out: the first entries of
+    /// each kind by name, the others counted.
+    fn report_left_out(&self, node: &Node, shown: &str) {
+        let items = self.privileges.left_out(node);
+        let mut names = self.names.lock().expect("names lock");
+        let mut left = self.left_out.lock().expect("left-out lock");
+        if self.privileges.changes_owner(node, &mut names) {
+            left.owners += 1;
+        }
+        drop(names);
+        for item in items {
+            let n = left.named.entry(item).or_default();
+            *n += 1;
+            if *n <= LEFT_OUT_NAMED {
+                self.file_warning(
+                    shown,
+                    format!("not restored: {item} (restore with --keep-privileges to keep it)"),
+                );
+            }
+        }
+    }
+
+    /// The summary of what was left out beyond the entries named, and of
+    /// the owners not given back.
+    fn report_owners(&self) {
+        let left = self.left_out.lock().expect("left-out lock");
+        let root = self.shown(b"/");
+        for (item, n) in &left.named {
+            if *n > LEFT_OUT_NAMED {
+                self.file_warning(
+                    &root,
+                    format!(
+                        "not restored: {item} of {} more entries (restore with \
+                         --keep-privileges to keep them)",
+                        n - LEFT_OUT_NAMED
+                    ),
+                );
+            }
+        }
+        if left.owners > 0 {
+            self.file_warning(
+                &root,
+                format!(
+                    "{} entries were given to the restoring user instead of their recorded \
+                     owners (restore with --keep-privileges to keep the owners)",
+                    left.owners
+                ),
+            );
+        }
+    }
+
+    fn apply(&self, on: On<'_>, node: &Node, shown: &str) -> Result<(), String> {
+        self.report_left_out(node, shown);
+        metadata::apply(
+            on,
+            node,
+            &mut self.names.lock().expect("names lock"),
+            &self.privileges,
+        )
+    }
+
+    /// Makes another name of a file restored in this run.
+    fn link(&self, node: &Checked) {
+        let shown = self.shown(&node.node().path);
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        let first = node.first().expect("links have a first name");
+        let first_shown = self.shown(first.as_bytes());
+        let linked = if self
+            .failed
+            .lock()
+            .expect("failed lock")
+            .contains(first.as_bytes())
+        {
+            Err(format!(
+                "not restored: it is another name of {first_shown}, which was not restored"
+            ))
+        } else {
+            (|| {
+                let (from_dir, from) = self.beneath.parent(first)?.ok_or_else(not_root)?;
+                let (dir, name) = self.beneath.parent(node.path())?.ok_or_else(not_root)?;
+                let made = Temp::make(&dir, |d, tmp| {
+                    rustix::fs::linkat(&*from_dir, &from, d, tmp, AtFlags::empty())
+                })?;
+                made.place(&name)
+            })()
+            .map_err(|e| format!("cannot link to {first_shown}: {e}"))
+        };
+        match linked {
+            Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
+            Err(e) => self.file_error(&shown, e),
+        }
+    }
+
+    /// Makes a symbolic link, FIFO, socket or device node and sets its
+    /// metadata, under a temporary name, then moves it into place.
+    fn make_other(&self, n: &Checked) {
+        let node = n.node();
+        let shown = self.shown(&node.path);
+        self.progress.lock().expect("progress lock").stats.entries += 1;
+        if matches!(node.kind, NodeKind::Device { .. }) && !self.privileges.keeps() {
+            self.report_left_out(node, &shown);
+            return;
+        }
+        let made = (|| {
+            let (dir, name) = self
+                .beneath
+                .parent(n.path())
+                .map_err(|e| format!("cannot create folder: {e}"))?
+                .ok_or_else(|| "the root cannot be replaced".to_owned())?;
+            let temp = match &node.kind {
+                NodeKind::Symlink { target } => Temp::make(&dir, |d, tmp| {
+                    rustix::fs::symlinkat(OsStr::from_bytes(target), d, tmp)
+                })
+                .map_err(|e| format!("cannot create symlink: {e}"))?,
+                _ => make_special(&dir, node)?,
+            };
+            self.apply(
+                On::At {
+                    dir: temp.dir(),
+                    name: temp.name(),
+                },
+                node,
+                &shown,
+            )?;
+            temp.place(&name)
+                .map_err(|e| format!("cannot move into place: {e}"))
+        })();
+        if let Err(e) = made {
+            self.file_error(&shown, e);
+        }
+    }
+
+    /// Sets a folder's metadata through its descriptor.
+    fn dir_metadata(&self, d: &Checked) {
+        let shown = self.shown(&d.node().path);
+        let open = match self.beneath.parent(d.path()) {
+            Ok(Some((dir, name))) => beneath::open_dir_at(&dir, &name),
+            Ok(None) => beneath::open_dir_at(self.beneath.root(), c"."),
+            Err(e) => Err(e),
+        };
+        let result = open
+            .map_err(|e| format!("cannot open folder: {e}"))
+            .and_then(|f| self.apply(On::Open(&f), d.node(), &shown));
+        if let Err(e) = result {
+            self.file_error(&shown, e);
+        }
     }
 
     /// Creates a folder; false when it could not be.
-    fn make_dir(&self, node: &Node) -> bool {
-        let dest = self.dest(&node.path);
+    fn make_dir(&self, node: &Checked) -> bool {
         self.progress.lock().expect("progress lock").stats.entries += 1;
-        match std::fs::create_dir_all(&dest) {
-            Ok(()) => true,
+        match self.beneath.make_dir(node.path()) {
+            Ok(_) => true,
             Err(e) => {
-                self.file_error(&dest, format!("cannot create folder: {e}"));
+                self.file_error(
+                    &self.shown(&node.node().path),
+                    format!("cannot create folder: {e}"),
+                );
                 false
             }
         }
     }
+}
+
+fn not_root() -> std::io::Error {
+    std::io::Error::other("the root cannot be replaced")
+}
+
+/// Creates a FIFO, device node or socket file under a temporary name.
+fn make_special(dir: &beneath::Dir, node: &Node) -> Result<Temp, String> {
+    use rustix::fs::{FileType, Mode};
+    let (file_type, rdev) = match &node.kind {
+        NodeKind::Fifo => (FileType::Fifo, 0),
+        NodeKind::Socket => (FileType::Socket, 0),
+        NodeKind::Device { rdev } => (FileType::from_raw_mode(node.mode), *rdev),
+        _ => return Err("not a special file".into()),
+    };
+    if matches!(node.kind, NodeKind::Device { .. }) && !rustix::process::geteuid().is_root() {
+        return Err("device nodes can only be created by root; run the agent as root".into());
+    }
+    Temp::make(dir, |d, tmp| {
+        rustix::fs::mknodat(d, tmp, file_type, Mode::from_raw_mode(0o600), rdev)
+    })
+    .map_err(|e| format!("cannot create {}: {e}", node.kind.name()))
 }
 
 impl Ctx {
@@ -433,43 +666,46 @@ impl Ctx {
         self.failed
             .lock()
             .expect("failed lock")
-            .insert(self.files[i].node.path.clone());
+            .insert(self.files[i].node.node().path.clone());
     }
 
     /// True when the file is already in place with the snapshot's content
     /// (every chunk hashed); its metadata is then set and it is counted.
     fn already_there(&self, i: usize) -> bool {
-        let f = &self.files[i];
-        let Ok(md) = std::fs::symlink_metadata(&f.dest) else {
-            return false;
-        };
-        if !md.is_file() || md.size() != f.node.size {
+        // Within a restore session the source's chunk ids cannot be
+        // computed here: a file in place is simply rewritten.
+        if self.granted {
             return false;
         }
-        let NodeKind::File { chunks, sizes } = &f.node.kind else {
+        let f = &self.files[i];
+        let Ok(Some((dir, name))) = self.beneath.parent(f.node.path()) else {
             return false;
         };
-        let Ok(file) = meta::open_regular(&f.dest) else {
+        let Ok(file) = beneath::open_regular_at(&dir, &name) else {
             return false;
         };
+        match file.metadata() {
+            Ok(md) if md.size() == f.node.node().size => {}
+            _ => return false,
+        }
         let mut offset = 0u64;
         let mut buf = Vec::new();
-        for (id, size) in chunks.iter().zip(sizes) {
-            buf.resize(*size as usize, 0);
+        // Sizes checked: none above the largest chunk.
+        for (id, size) in f.node.pieces() {
+            buf.resize(size, 0);
             if file.read_exact_at(&mut buf, offset).is_err()
-                || frame::chunk_id(&self.key, &buf) != *id
+                || frame::chunk_id(&self.key, &buf) != id
             {
                 return false;
             }
-            offset += *size as u64;
+            offset += size as u64;
         }
-        drop(file);
         let mut p = self.progress.lock().expect("progress lock");
         p.stats.entries += 1;
         p.stats.unchanged_files += 1;
         drop(p);
-        if let Err(e) = self.apply(&f.dest, &f.node) {
-            self.file_error(&f.dest, e);
+        if let Err(e) = self.apply(On::Open(&file), f.node.node(), &f.shown) {
+            self.file_error(&f.shown, e);
         }
         true
     }
@@ -483,7 +719,8 @@ impl Ctx {
     }
 
     /// Runs `f` on the file's temporary file, created (at its full size)
-    /// on first use. Writes to one file are serialised; files go in parallel.
+    /// in its folder on first use. Writes to one file are serialised;
+    /// files go in parallel.
     fn with_file<R>(
         &self,
         i: usize,
@@ -492,33 +729,41 @@ impl Ctx {
         let state = &self.files[i];
         let mut slot = state.tmp.lock().expect("file lock");
         if matches!(*slot, Slot::New) {
-            let parent = state.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let tmp = std::fs::create_dir_all(&parent)
-                .and_then(|_| {
-                    tempfile::Builder::new()
-                        .prefix(".arca-restore-")
-                        .tempfile_in(&parent)
-                })
-                .map_err(|e| format!("cannot create file: {e}"))?;
-            tmp.as_file()
-                .set_len(state.node.size)
+            let (dir, _) = self
+                .beneath
+                .parent(state.node.path())
+                .map_err(|e| format!("cannot create folder: {e}"))?
+                .ok_or_else(|| "the root cannot be replaced by a file".to_owned())?;
+            let (tmp, file) = Temp::file(&dir).map_err(|e| format!("cannot create file: {e}"))?;
+            file.set_len(state.node.node().size)
                 .map_err(|e| format!("cannot size file: {e}"))?;
-            *slot = Slot::Open(tmp);
+            *slot = Slot::Open(tmp, file);
         }
         match &*slot {
-            Slot::Open(tmp) => f(tmp.as_file()),
+            Slot::Open(_, file) => f(file),
             _ => Err("the file was already closed".into()),
         }
     }
 
-    fn write_piece(&self, i: usize, offset: u64, id: ChunkId, frame_bytes: &[u8]) {
+    fn write_piece(&self, i: usize, (offset, id, size): (u64, ChunkId, usize), got: &FetchedChunk) {
         if self.files[i].failed.lock().expect("file lock").is_some() {
             return;
         }
-        let sparse = self.files[i].node.sparse;
-        let written = frame::decode(frame_bytes, &self.key, &id)
-            .map_err(|e| e.to_string())
+        let Some(frame_bytes) = &got.frame else {
+            return;
+        };
+        let sparse = self.files[i].node.node().sparse;
+        let written = check_id(self.granted, id, got.check)
+            .and_then(|check| {
+                frame::decode(frame_bytes, &self.key, &check).map_err(|e| e.to_string())
+            })
             .and_then(|data| {
+                if data.len() != size {
+                    return Err(format!(
+                        "chunk {id} holds {} bytes where the snapshot's tree says {size}",
+                        data.len()
+                    ));
+                }
                 self.with_file(i, |file| {
                     write_at(file, &data, offset, sparse).map_err(|e| format!("write failed: {e}"))
                 })?;
@@ -530,13 +775,13 @@ impl Ctx {
                 p.stats.bytes += n as u64;
                 p.stats.chunks += 1;
                 p.stats.wire_bytes += frame_bytes.len() as u64;
-                p.current = Some(self.files[i].dest.to_string_lossy().into_owned());
+                p.current = Some(self.files[i].shown.clone());
             }
             Err(e) => self.fail(i, e),
         }
     }
 
-    /// Renames a whole, verified file into place, or reports it.
+    /// Moves a whole, verified file into place, or reports it.
     fn finish_file(&self, i: usize) {
         let f = &self.files[i];
         self.progress.lock().expect("progress lock").stats.entries += 1;
@@ -544,7 +789,7 @@ impl Ctx {
             *f.tmp.lock().expect("file lock") = Slot::Closed;
             self.not_restored(i);
             self.file_error(
-                &f.dest,
+                &f.shown,
                 format!("not restored, the original is left as it was: {e}"),
             );
             return;
@@ -553,10 +798,10 @@ impl Ctx {
         if let Err(e) = self.with_file(i, |_| Ok(())) {
             *f.tmp.lock().expect("file lock") = Slot::Closed;
             self.not_restored(i);
-            self.file_error(&f.dest, e);
+            self.file_error(&f.shown, e);
             return;
         }
-        let Slot::Open(tmp) =
+        let Slot::Open(tmp, file) =
             std::mem::replace(&mut *f.tmp.lock().expect("file lock"), Slot::Closed)
         else {
             return;
@@ -565,45 +810,24 @@ impl Ctx {
         // the end (the advice also keeps restored data from crowding the
         // page cache once it is on disk). Small files are left to be
         // written back together.
-        if f.node.size >= EARLY_WRITEBACK {
-            let _ = rustix::fs::fadvise(tmp.as_file(), 0, None, rustix::fs::Advice::DontNeed);
+        if f.node.node().size >= EARLY_WRITEBACK {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
         }
-        let result = self.apply(tmp.path(), &f.node).and_then(|_| {
-            tmp.persist(&f.dest)
-                .map(|_| ())
-                .map_err(|e| format!("cannot move into place: {}", e.error))
-        });
+        let result = self
+            .apply(On::Open(&file), f.node.node(), &f.shown)
+            .and_then(|_| {
+                let (_, name) = f.node.path().split_last().expect("a file is not the root");
+                tmp.place(&beneath::c_name(name))
+                    .map_err(|e| format!("cannot move into place: {e}"))
+            });
         match result {
             Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
             Err(e) => {
                 self.not_restored(i);
-                self.file_error(&f.dest, e)
+                self.file_error(&f.shown, e)
             }
         }
     }
-}
-
-fn symlink(dest: &Path, target: &[u8]) -> Result<(), String> {
-    replace_with(dest, |d| {
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), d)
-    })
-    .map_err(|e| format!("cannot create symlink: {e}"))
-}
-
-/// Makes `dest` with `make`, after removing a non-folder already there.
-fn replace_with(
-    dest: &Path,
-    make: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if let Ok(md) = std::fs::symlink_metadata(dest)
-        && !md.is_dir()
-    {
-        std::fs::remove_file(dest)?;
-    }
-    make(dest)
 }
 
 /// Writes `data` at `offset`; for a sparse file, aligned all-zero blocks
@@ -677,31 +901,33 @@ impl Selector {
     }
 }
 
-/// The chunks of the files of `ctx` not skipped, grouped for fetching:
-/// (file, offset, chunk) by at most [`GET_BATCH_CHUNKS`] and
-/// [`GET_BATCH_BYTES`].
-fn piece_batches(ctx: &Ctx, skip: &[bool]) -> Vec<Vec<(usize, u64, ChunkId)>> {
-    let mut batches: Vec<Vec<(usize, u64, ChunkId)>> = Vec::new();
+/// One chunk of a file to fetch: (file, offset, chunk, plain size).
+type Piece = (usize, u64, ChunkId, usize);
+
+/// The chunks of the files of `ctx` not skipped, grouped for fetching by
+/// at most [`GET_BATCH_CHUNKS`] and [`GET_BATCH_BYTES`].
+fn piece_batches(ctx: &Ctx, skip: &[bool]) -> Vec<Vec<Piece>> {
+    let mut batches: Vec<Vec<Piece>> = Vec::new();
     let mut bytes = 0usize;
     for (i, f) in ctx.files.iter().enumerate() {
         if skip[i] {
             continue;
         }
-        let NodeKind::File { chunks, sizes } = &f.node.kind else {
-            continue;
-        };
         let mut offset = 0u64;
-        for (id, size) in chunks.iter().zip(sizes) {
-            let fits = batches.last().is_some_and(|b| {
-                b.len() < GET_BATCH_CHUNKS && bytes + *size as usize <= GET_BATCH_BYTES
-            });
+        for (id, size) in f.node.pieces() {
+            let fits = batches
+                .last()
+                .is_some_and(|b| b.len() < GET_BATCH_CHUNKS && bytes + size <= GET_BATCH_BYTES);
             if !fits {
                 batches.push(Vec::new());
                 bytes = 0;
             }
-            bytes += *size as usize;
-            batches.last_mut().expect("pushed").push((i, offset, *id));
-            offset += *size as u64;
+            bytes += size;
+            batches
+                .last_mut()
+                .expect("pushed")
+                .push((i, offset, id, size));
+            offset += size as u64;
         }
     }
     batches
@@ -711,24 +937,24 @@ fn piece_batches(ctx: &Ctx, skip: &[bool]) -> Vec<Vec<(usize, u64, ChunkId)>> {
 /// finished when its last chunk is written.
 async fn fetch_and_write(
     ctx: Arc<Ctx>,
-    batch: Vec<(usize, u64, ChunkId)>,
+    batch: Vec<Piece>,
     client: async_nats::Client,
     subject: String,
     session: Option<String>,
     timeout: Duration,
 ) {
-    let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id)| *id).collect();
+    let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id, _)| *id).collect();
     let fetched = get_chunks(&client, &subject, ids, session, timeout).await;
     let _ = tokio::task::spawn_blocking(move || {
         let fetched: Vec<Result<FetchedChunk, ErrorReply>> = match fetched {
             Ok(f) => f.into_iter().map(Ok).collect(),
             Err(e) => vec![Err(e); batch.len()],
         };
-        for ((i, offset, id), got) in batch.into_iter().zip(fetched) {
+        for ((i, offset, id, size), got) in batch.into_iter().zip(fetched) {
             match got {
-                Ok(FetchedChunk {
-                    frame: Some(frame), ..
-                }) => ctx.write_piece(i, offset, id, &frame),
+                Ok(got @ FetchedChunk { frame: Some(_), .. }) => {
+                    ctx.write_piece(i, (offset, id, size), &got)
+                }
                 Ok(FetchedChunk { error, .. }) => ctx.fail(
                     i,
                     format!(

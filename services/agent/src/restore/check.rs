@@ -1,0 +1,168 @@
+//! The check of each node a restore is about to write.
+//!
+//! A tree comes from the system that was backed up, which may be
+//! compromised, and media stores what it was given. So before anything is
+//! created or allocated for a node the restoring agent checks it here:
+//! its path and the first name of a hard-linked file must pass
+//! [`TreePath::parse`], and a file's chunk list must agree with itself (as
+//! many sizes as chunks, each no larger than the largest chunk the
+//! repository allows, adding up to the file's size). A node that fails is
+//! refused by name and nothing is written for it.
+
+use arca_repo::frame::MAX_CHUNK;
+use arca_schemas::path::TreePath;
+use arca_schemas::tree::{Node, NodeKind};
+
+/// A node whose paths and chunk list passed [`Checked::new`].
+pub struct Checked(Node);
+
+impl Checked {
+    /// Checks `node`; on refusal, gives it back and says why.
+    pub fn new(node: Node) -> Result<Checked, (Box<Node>, String)> {
+        match check(&node) {
+            Ok(()) => Ok(Checked(node)),
+            Err(e) => Err((Box::new(node), e)),
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.0
+    }
+
+    /// Its checked path.
+    pub fn path(&self) -> TreePath<'_> {
+        TreePath::parse(&self.0.path).expect("checked when made")
+    }
+
+    /// The checked first name of a hard-linked file.
+    pub fn first(&self) -> Option<TreePath<'_>> {
+        self.0
+            .hardlink
+            .as_deref()
+            .map(|p| TreePath::parse(p).expect("checked when made"))
+    }
+
+    /// A file's chunks with their sizes (checked to agree).
+    pub fn pieces(&self) -> impl Iterator<Item = (arca_schemas::ChunkId, usize)> + '_ {
+        let (chunks, sizes): (&[_], &[u32]) = match &self.0.kind {
+            NodeKind::File { chunks, sizes } => (chunks, sizes),
+            _ => (&[], &[]),
+        };
+        chunks
+            .iter()
+            .copied()
+            .zip(sizes.iter().map(|s| *s as usize))
+    }
+}
+
+fn check(node: &Node) -> Result<(), String> {
+    TreePath::parse(&node.path)
+        .map_err(|e| format!("refused: unsafe path in the snapshot: {e}"))?;
+    if let Some(first) = &node.hardlink {
+        TreePath::parse(first)
+            .map_err(|e| format!("refused: the snapshot links it to an unsafe path: {e}"))?;
+    }
+    if let NodeKind::File { chunks, sizes } = &node.kind {
+        if chunks.len() != sizes.len() {
+            return Err(format!(
+                "refused: the snapshot's tree lists {} chunks but {} chunk sizes for it",
+                chunks.len(),
+                sizes.len()
+            ));
+        }
+        if let Some(s) = sizes.iter().find(|s| **s as usize > MAX_CHUNK) {
+            return Err(format!(
+                "refused: the snapshot's tree gives it a chunk of {s} bytes, above the \
+                 largest chunk the repository allows ({MAX_CHUNK} bytes)"
+            ));
+        }
+        let sum: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
+        if sum != node.size {
+            return Err(format!(
+                "refused: the snapshot's tree gives it {} bytes but chunks adding up to {sum}",
+                node.size
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arca_schemas::ChunkId;
+
+    fn node(path: &[u8], kind: NodeKind, size: u64) -> Node {
+        Node {
+            path: path.to_vec(),
+            kind,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size,
+            ctime: 0,
+            ctime_nsec: 0,
+            inode: 0,
+            user: None,
+            group: None,
+            xattrs: Vec::new(),
+            hardlink: None,
+            sparse: false,
+            changed: false,
+        }
+    }
+
+    fn file(chunks: usize, sizes: Vec<u32>, size: u64) -> Node {
+        node(
+            b"/f",
+            NodeKind::File {
+                chunks: vec![ChunkId([7; 32]); chunks],
+                sizes,
+            },
+            size,
+        )
+    }
+
+    #[test]
+    fn traversal_names_are_refused_by_name() {
+        for bad in [
+            &b"//etc/x"[..],
+            b"/a/../../x",
+            b"/..",
+            b"..",
+            b"etc/x",
+            b"/a/./b",
+            b"/a/",
+            b"/a\0b",
+        ] {
+            let Err((n, why)) = Checked::new(node(bad, NodeKind::Dir, 0)) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(n.path, bad);
+            assert!(why.contains("unsafe path"), "{why}");
+        }
+        let mut link = file(0, vec![], 0);
+        link.hardlink = Some(b"/../etc/shadow".to_vec());
+        assert!(Checked::new(link).is_err());
+        let ok = Checked::new(node(b"/etc/x", NodeKind::Dir, 0)).unwrap();
+        assert_eq!(ok.path().as_bytes(), b"/etc/x");
+    }
+
+    #[test]
+    fn a_chunk_list_that_disagrees_is_refused() {
+        // A short sizes list.
+        assert!(Checked::new(file(2, vec![5], 10)).is_err());
+        // Sizes that do not add up to the size.
+        assert!(Checked::new(file(2, vec![5, 5], 11)).is_err());
+        // A chunk above the largest the repository allows.
+        let huge = (MAX_CHUNK + 1) as u32;
+        assert!(Checked::new(file(1, vec![huge], huge as u64)).is_err());
+        // A size with no chunks.
+        assert!(Checked::new(file(0, vec![], 1 << 40)).is_err());
+        let ok = Checked::new(file(2, vec![5, 6], 11)).unwrap();
+        assert_eq!(ok.pieces().map(|(_, s)| s).sum::<usize>(), 11);
+    }
+}

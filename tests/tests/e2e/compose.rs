@@ -144,12 +144,23 @@ impl Compose {
         .success()
     }
 
-    /// The windows the firewall container's nftables table holds.
+    /// The id of the container of `service`.
+    fn container(&self, service: &str) -> String {
+        self.ok(&["ps", "-q", service]).trim().to_owned()
+    }
+
+    /// The windows the firewall container's nftables table holds (asked
+    /// with `docker exec`, quicker than `docker-compose exec`, so that a
+    /// window of a second is seen).
     fn window_elements(&self) -> String {
-        let out = self.ok(&[
-            "exec", "-T", "firewall", "nft", "list", "set", "inet", "arca", "allow4",
-        ]);
-        out.lines()
+        let out = Command::new("docker")
+            .args(["exec", &self.container("firewall")])
+            .args(["nft", "list", "set", "inet", "arca", "allow4"])
+            .output()
+            .expect("docker exec runs");
+        assert!(out.status.success(), "nft list set: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .filter(|l| l.contains("elements"))
             .collect::<Vec<_>>()
             .join("\n")
@@ -188,7 +199,17 @@ fn the_compose_stack_backs_up_and_restores_across_its_zones_and_survives_kills_a
         return;
     }
     // The README's first step.
-    let built = Command::new(root().join("ops/build-images"))
+    // As from a shell: without the variables `cargo test` gives a test,
+    // which would make the nested release build start over.
+    let mut build = Command::new(root().join("ops/build-images"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k == "CARGO" || k == "LD_LIBRARY_PATH"
+        {
+            build.env_remove(&*k);
+        }
+    }
+    let built = build
         .current_dir(root())
         .status()
         .expect("ops/build-images runs");
@@ -283,17 +304,26 @@ fn the_compose_stack_backs_up_and_restores_across_its_zones_and_survives_kills_a
     // post hook runs, the repository verifies.
     for (seed, victim) in [(8, "scheduler"), (9, "media")] {
         // New content, so that the job has data to move while it is killed.
-        arca_testkit::tree::write_pseudo_random(&sample.join("big.bin"), 200_000_000, seed)
+        arca_testkit::tree::write_pseudo_random(&sample.join("big.bin"), 600_000_000, seed)
             .unwrap();
         let started = stack.arca_ok(&["backup", "--full", "--detach", "sample"]);
         let job = started.split_whitespace().last().unwrap().to_owned();
         let start = Instant::now();
-        while stack.window_elements().is_empty() {
+        let firewall = stack.container("firewall");
+        let open = || {
+            Command::new("docker")
+                .args([
+                    "exec", &firewall, "nft", "list", "set", "inet", "arca", "allow4",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("elements"))
+        };
+        while !open() {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "no window opened"
+                "no window opened for {job}"
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
         stack.ok(&["kill", victim]);
         stack.ok(&["start", victim]);

@@ -39,11 +39,15 @@
 //! - `hostile_restore`: a compromised system's snapshot restored elsewhere
 //!   writes nothing outside the target or through a link, keeps no
 //!   privileges unless asked, and fails files whose chunk sizes lie.
+//! - `compose`: the Docker Compose stack as the README runs it: images
+//!   built here, both zones, PostgreSQL, kills, down and up (skipped
+//!   without a Docker engine unless `ARCA_REQUIRE_DOCKER=1`).
 //! - `firewall`: nftables windows between network namespaces
 //!   (`Stack::start_net`; skipped with a message when not root or without
 //!   `nft`, unless `ARCA_REQUIRE_NETNS=1`), and several firewalls on a path.
 
 mod bad_input;
+mod compose;
 mod crash;
 mod dashboard;
 mod events;

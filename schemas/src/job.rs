@@ -158,7 +158,7 @@ pub const FILE_ERRORS_NAMED: usize = 50;
 pub const REPORTED_PATH_MAX: usize = 768;
 
 /// Most bytes of a message an agent reports (a file's error), as kept.
-pub const REPORTED_MESSAGE_MAX: usize = 256;
+pub const REPORTED_MESSAGE_MAX: usize = 1024;
 
 /// Most bytes of a hook's output kept in events and records (the agent
 /// sends at most its 8 KiB tail).

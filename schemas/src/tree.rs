@@ -131,6 +131,31 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node of `kind` at `path` with `mode` (type bits included) and no
+    /// other metadata: owned by root, dated the epoch, no attributes. For
+    /// fixtures and tests; a backup records every field from the file.
+    pub fn bare(path: &[u8], kind: NodeKind, mode: u32) -> Node {
+        Node {
+            path: path.to_vec(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            ctime: 0,
+            ctime_nsec: 0,
+            inode: 0,
+            user: None,
+            group: None,
+            xattrs: Vec::new(),
+            hardlink: None,
+            sparse: false,
+            changed: false,
+        }
+    }
+
     /// The file's chunks, none for other kinds.
     pub fn chunks(&self) -> &[ChunkId] {
         match &self.kind {

@@ -367,23 +367,8 @@ impl Compromised {
 /// root, dated now.
 pub fn node(path: &[u8], kind: NodeKind, mode: u32) -> Node {
     Node {
-        path: path.to_vec(),
-        kind,
-        mode,
-        uid: 0,
-        gid: 0,
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        size: 0,
-        ctime: 0,
-        ctime_nsec: 0,
-        inode: 0,
-        user: None,
-        group: None,
-        xattrs: vec![],
-        hardlink: None,
-        sparse: false,
-        changed: false,
+        ..Node::bare(path, kind, mode)
     }
 }
 

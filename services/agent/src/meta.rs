@@ -250,23 +250,11 @@ mod tests {
 
     fn node(user: Option<&str>, group: Option<&str>) -> Node {
         Node {
-            path: b"/x".to_vec(),
-            kind: NodeKind::Dir,
-            mode: 0o40755,
             uid: 1001,
             gid: 2002,
-            mtime: 0,
-            mtime_nsec: 0,
-            size: 0,
-            ctime: 0,
-            ctime_nsec: 0,
-            inode: 0,
             user: user.map(str::to_owned),
             group: group.map(str::to_owned),
-            xattrs: Vec::new(),
-            hardlink: None,
-            sparse: false,
-            changed: false,
+            ..Node::bare(b"/x", NodeKind::Dir, 0o40755)
         }
     }
 

@@ -662,7 +662,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     j.created.format("%Y-%m-%d %H:%M:%S"),
                     duration((end - j.created).num_seconds().max(0) as u64),
                     j.stats.files,
-                    size(j.stats.bytes),
+                    arca_schemas::text::human_bytes(j.stats.bytes),
                     j.snapshot.map(|s| s.0).unwrap_or_else(|| "-".into())
                 );
             }
@@ -930,20 +930,6 @@ fn duration(secs: u64) -> String {
     }
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 fn parse_job(s: &str) -> anyhow::Result<JobId> {
     JobId::parse(s).with_context(|| format!("{s:?} is not a job id (see `arca jobs`)"))

@@ -928,8 +928,8 @@ impl Media {
             return Err(ErrorReply::bad_request(format!(
                 "refused: get-many asks for {} of chunks, at most {} per request; ask for \
                  fewer chunks at a time",
-                quota::human(bytes),
-                quota::human(limits::MAX_GET_BYTES)
+                arca_schemas::text::human_bytes(bytes),
+                arca_schemas::text::human_bytes(limits::MAX_GET_BYTES)
             )));
         }
         blocking("get", move || {

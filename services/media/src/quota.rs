@@ -83,9 +83,9 @@ impl Usage {
                      storing {} more would exceed it. Forget old snapshots and prune \
                      (`arca forget {system} --keep-last N`, then `arca prune`), or raise \
                      the system's quota in the systems file",
-                    human(*used),
-                    human(quota),
-                    human(bytes)
+                    arca_schemas::text::human_bytes(*used),
+                    arca_schemas::text::human_bytes(quota),
+                    arca_schemas::text::human_bytes(bytes)
                 ),
             ));
         }
@@ -98,21 +98,6 @@ impl Usage {
     }
 }
 
-/// Bytes for people: `1.5 GiB`.
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -57,25 +57,7 @@ mod tests {
     use arca_schemas::tree::{Node, NodeKind};
 
     fn node(path: &[u8]) -> Node {
-        Node {
-            path: path.to_vec(),
-            kind: NodeKind::Dir,
-            mode: 0o040755,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            size: 0,
-            ctime: 0,
-            ctime_nsec: 0,
-            inode: 0,
-            user: None,
-            group: None,
-            xattrs: vec![],
-            hardlink: None,
-            sparse: false,
-            changed: false,
-        }
+        Node::bare(path, NodeKind::Dir, 0o040755)
     }
 
     #[test]

@@ -352,7 +352,9 @@ fn the_compose_stack_backs_up_and_restores_across_its_zones_and_survives_kills_a
             );
             std::thread::sleep(Duration::from_secs(1));
         }
-        let events = stack.arca_ok(&["watch", &job]);
+        // The job may fail (a reply lost to the killed service) or succeed;
+        // either way `watch` shows its clean-up.
+        let events = text(&stack.arca(&["watch", &job]));
         assert!(
             events.contains("released sample"),
             "no post hook after {victim} was killed: {events}"

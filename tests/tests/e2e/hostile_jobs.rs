@@ -551,7 +551,7 @@ async fn a_flood_of_file_errors_leaves_other_systems_events() {
                 o.file_errors = (0..1500)
                     .map(|i| FileError {
                         path: format!("/data/{i}/\x1b[2J{}", "p".repeat(1000)),
-                        error: "e".repeat(600),
+                        error: "e".repeat(3000),
                     })
                     .collect();
             }
@@ -567,7 +567,7 @@ async fn a_flood_of_file_errors_leaves_other_systems_events() {
     assert!(
         rec.file_errors
             .iter()
-            .all(|f| f.path.len() <= 800 && f.error.len() <= 300)
+            .all(|f| f.path.len() <= 800 && f.error.len() <= 1100)
     );
     let failed = events
         .iter()

@@ -95,23 +95,8 @@ mod tests {
 
     fn node(path: &[u8], kind: NodeKind, size: u64) -> Node {
         Node {
-            path: path.to_vec(),
-            kind,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
             size,
-            ctime: 0,
-            ctime_nsec: 0,
-            inode: 0,
-            user: None,
-            group: None,
-            xattrs: Vec::new(),
-            hardlink: None,
-            sparse: false,
-            changed: false,
+            ..Node::bare(path, kind, 0o100644)
         }
     }
 

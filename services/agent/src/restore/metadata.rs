@@ -247,19 +247,8 @@ mod tests {
 
     fn node(kind: NodeKind, mode: u32) -> Node {
         Node {
-            path: b"/x".to_vec(),
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
             mtime: 1_000_000,
             mtime_nsec: 5,
-            size: 0,
-            ctime: 0,
-            ctime_nsec: 0,
-            inode: 0,
-            user: None,
-            group: None,
             xattrs: vec![
                 Xattr {
                     name: b"security.capability".to_vec(),
@@ -270,9 +259,7 @@ mod tests {
                     value: b"1".to_vec(),
                 },
             ],
-            hardlink: None,
-            sparse: false,
-            changed: false,
+            ..Node::bare(b"/x", kind, mode)
         }
     }
 

@@ -930,7 +930,6 @@ fn duration(secs: u64) -> String {
     }
 }
 
-
 fn parse_job(s: &str) -> anyhow::Result<JobId> {
     JobId::parse(s).with_context(|| format!("{s:?} is not a job id (see `arca jobs`)"))
 }

@@ -98,7 +98,6 @@ impl Usage {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

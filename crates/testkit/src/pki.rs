@@ -1,6 +1,7 @@
 //! Certificates for tests, made by `ops/gen-pki` (openssl): one authority
-//! and one client certificate per test process, a server certificate per
-//! server (for the addresses it is reached at).
+//! and one client certificate for every test of a build (kept in its build
+//! folder, `target/<profile>/test-pki`), a server certificate per server
+//! (for the addresses it is reached at).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,20 +36,41 @@ fn gen_pki(dir: &Path, sans: &str, clients: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Pki {
-    /// The authority of this test process (made on first use, kept until
-    /// the process ends).
+    /// The authority of this build's tests: made once in the build folder
+    /// (`target/<profile>/test-pki`) and kept there for later runs, so that
+    /// no test run leaves an authority's key behind in the temporary folder.
     pub fn shared() -> &'static Pki {
-        SHARED.get_or_init(|| Pki::new().expect("ops/gen-pki makes a test authority"))
+        SHARED.get_or_init(|| {
+            Pki::kept_in(&crate::process::build_dir().join("test-pki"))
+                .expect("ops/gen-pki makes a test authority")
+        })
     }
 
-    /// A new authority with a client certificate, in a folder of its own.
-    pub fn new() -> anyhow::Result<Pki> {
-        let dir = tempfile::Builder::new()
-            .prefix("arca-pki-")
-            .tempdir()?
-            .keep();
-        gen_pki(&dir, "", &["client"])?;
-        Ok(Pki { dir })
+    /// The authority in `home`, made there first when it is missing: in a
+    /// folder beside it, renamed into place whole, so that test processes
+    /// starting together never see half of one.
+    pub fn kept_in(home: &Path) -> anyhow::Result<Pki> {
+        let done = |dir: &Path| dir.join("client.key").is_file();
+        if !done(home) {
+            let parent = home
+                .parent()
+                .context("the authority's folder has a parent")?;
+            let fresh = tempfile::Builder::new()
+                .prefix(".test-pki-")
+                .tempdir_in(parent)?;
+            gen_pki(fresh.path(), "", &["client"])?;
+            let fresh = fresh.keep();
+            if let Err(e) = std::fs::rename(&fresh, home) {
+                let _ = std::fs::remove_dir_all(&fresh);
+                // Another test process put its own in place first.
+                if !done(home) {
+                    return Err(e).with_context(|| format!("cannot keep {}", home.display()));
+                }
+            }
+        }
+        Ok(Pki {
+            dir: home.to_owned(),
+        })
     }
 
     /// The authority's certificate.

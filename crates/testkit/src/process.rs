@@ -4,15 +4,11 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-/// Path of a binary built from this workspace (`target/<profile>/<name>`).
-///
-/// Panics with what to run when it has not been built: `cargo test` builds
-/// only the binaries of the package under test.
-pub fn bin_path(name: &str) -> PathBuf {
+/// The build folder of the running test (`target/<profile>`).
+pub fn build_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary has a path");
     // target/<profile>/deps/<test> -> target/<profile>
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(|d| {
             if d.ends_with("deps") {
                 d.parent()
@@ -20,8 +16,16 @@ pub fn bin_path(name: &str) -> PathBuf {
                 Some(d)
             }
         })
-        .expect("test binary lives in target/");
-    let path = dir.join(name);
+        .expect("test binary lives in target/")
+        .to_path_buf()
+}
+
+/// Path of a binary built from this workspace (`target/<profile>/<name>`).
+///
+/// Panics with what to run when it has not been built: `cargo test` builds
+/// only the binaries of the package under test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let path = build_dir().join(name);
     assert!(
         path.is_file(),
         "{} is not built; run `cargo build --workspace --bins` first (ops/test does)",

@@ -641,7 +641,8 @@ async fn only_clients_with_credentials_and_a_certificate_of_the_authority_connec
         .add_client_certificate(pki.client_cert(), pki.client_key());
     assert!(!attempt(unknown).await);
     // A known nkey with a client certificate of another authority.
-    let foreign = arca_testkit::Pki::new().unwrap();
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = arca_testkit::Pki::kept_in(&foreign_dir.path().join("pki")).unwrap();
     let other_ca = async_nats::ConnectOptions::with_nkey(stack.sec.operator.seed())
         .require_tls(true)
         .add_root_certificates(pki.ca())

@@ -29,6 +29,17 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// Pushes `c` as [`escape`] shows it, once escapes are needed.
+fn push_shown(out: &mut String, c: char) {
+    if is_control(c) {
+        push_escaped(out, c);
+    } else if c == '\\' {
+        out.push_str("\\\\");
+    } else {
+        out.push(c);
+    }
+}
+
 /// `s` with every control character written as an escape (`\n`, `\t`,
 /// `\r`, `\x1b`, `\u{9b}` ...) and a backslash doubled only when escapes
 /// were needed; unchanged (borrowed) when it holds none.
@@ -38,13 +49,7 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if is_control(c) {
-            push_escaped(&mut out, c);
-        } else if c == '\\' {
-            out.push_str("\\\\");
-        } else {
-            out.push(c);
-        }
+        push_shown(&mut out, c);
     }
     Cow::Owned(out)
 }
@@ -58,13 +63,7 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() + 8);
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if is_control(c) {
-                push_escaped(&mut out, c);
-            } else if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
+            push_shown(&mut out, c);
         }
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");

@@ -15,6 +15,7 @@
 //! calls ([`Compromised::put`], [`Compromised::commit`]) talk to media
 //! directly within a session the scheduler opened.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -113,8 +114,7 @@ impl Compromised {
             .await?;
         self.client.flush().await?;
         let me = self.clone();
-        let states: Arc<Mutex<std::collections::HashMap<JobId, TransferState>>> =
-            Default::default();
+        let states: Arc<Mutex<HashMap<JobId, TransferState>>> = Default::default();
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let c = &me.client;
@@ -145,20 +145,7 @@ impl Compromised {
                     Some(AgentVerb::Backup) => {
                         let r = decode_request::<StartBackupTransfer>(&msg.payload);
                         let r = r.map(|start| {
-                            let first = {
-                                let mut s = states.lock().expect("states");
-                                let first = !s.contains_key(&start.job);
-                                if first {
-                                    s.insert(
-                                        start.job,
-                                        TransferState::Running {
-                                            stats: Default::default(),
-                                            current: None,
-                                        },
-                                    );
-                                }
-                                first
-                            };
+                            let first = begin(&states, start.job);
                             if first {
                                 me.started.lock().expect("started").push(start.clone());
                                 let (me2, plan, states) =
@@ -198,20 +185,7 @@ impl Compromised {
                     }
                     Some(AgentVerb::Restore) if restore.is_some() => {
                         let r = decode_request::<StartRestoreTransfer>(&msg.payload).map(|start| {
-                            let first = {
-                                let mut s = states.lock().expect("states");
-                                let first = !s.contains_key(&start.job);
-                                if first {
-                                    s.insert(
-                                        start.job,
-                                        TransferState::Running {
-                                            stats: Default::default(),
-                                            current: None,
-                                        },
-                                    );
-                                }
-                                first
-                            };
+                            let first = begin(&states, start.job);
                             if first {
                                 me.restores.lock().expect("restores").push(start.clone());
                                 let (me2, plan, states) =
@@ -361,6 +335,23 @@ impl Compromised {
             error: committed.err().map(|e| e.to_reply()),
         })
     }
+}
+
+/// Marks `job`'s transfer as running; false when it was already known
+/// (a repeated start request).
+fn begin(states: &Mutex<HashMap<JobId, TransferState>>, job: JobId) -> bool {
+    let mut s = states.lock().expect("states");
+    if s.contains_key(&job) {
+        return false;
+    }
+    s.insert(
+        job,
+        TransferState::Running {
+            stats: Default::default(),
+            current: None,
+        },
+    );
+    true
 }
 
 /// A node of `kind` at `path` with `mode` (type bits included), owned by

@@ -311,9 +311,21 @@ impl Driver {
 
     /// Tells the agent to stop the transfer, as far as it listens.
     async fn stop_transfer(&self, system: &SystemConfig) {
+        match self.cancel_transfer(system).await {
+            Ok(r) => {
+                tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer stopped at the deadline")
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm stopping the transfer")
+            }
+        }
+    }
+
+    /// Asks the agent to stop this job's transfer (signed, retried for 10 s).
+    async fn cancel_transfer(&self, system: &SystemConfig) -> Result<TransferCancelled, RpcError> {
         let cancel = CancelTransfer { job: self.rec.id };
         let token = self.token(&system.name, Grant::default());
-        let r: Result<TransferCancelled, RpcError> = rpc::retry(Duration::from_secs(10), || {
+        rpc::retry(Duration::from_secs(10), || {
             rpc::request_signed(
                 &self.sched.client,
                 subject::agent(&system.name, AgentVerb::Cancel),
@@ -322,15 +334,7 @@ impl Driver {
                 &token,
             )
         })
-        .await;
-        match r {
-            Ok(r) => {
-                tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer stopped at the deadline")
-            }
-            Err(e) => {
-                tracing::warn!(job = %self.rec.id, error = %e, "agent did not confirm stopping the transfer")
-            }
-        }
+        .await
     }
 
     /// Runs the steps, then the clean-up, then ends the job.
@@ -1034,20 +1038,7 @@ impl Driver {
             if cancel_now {
                 stopping = true;
                 self.note_cancel().await;
-                let cancel = CancelTransfer { job: self.rec.id };
-                let token = self.token(&system.name, Grant::default());
-                let r: Result<TransferCancelled, RpcError> =
-                    rpc::retry(Duration::from_secs(10), || {
-                        rpc::request_signed(
-                            &client,
-                            subject::agent(&system.name, AgentVerb::Cancel),
-                            &cancel,
-                            rpc::DEFAULT_TIMEOUT,
-                            &token,
-                        )
-                    })
-                    .await;
-                match r {
+                match self.cancel_transfer(system).await {
                     Ok(r) => {
                         tracing::info!(job = %self.rec.id, stopped = r.stopped, "transfer cancel answered")
                     }

@@ -433,6 +433,11 @@ pub struct StartBackupTransfer {
     /// Which files under `paths` to take.
     #[serde(default)]
     pub selection: crate::system::Selection,
+    /// Seconds left of the job's deadline when this was sent: the agent
+    /// keeps retrying requests to media that fail in a way a retry can
+    /// help (media restarting, a reconnect) until then. `None`: one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
 }
 
 /// Restore a snapshot onto this system.
@@ -467,6 +472,11 @@ pub struct StartRestoreTransfer {
     /// system's own snapshot keeps them always.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_privileges: bool,
+    /// Seconds left of the job's deadline when this was sent: the agent
+    /// keeps retrying requests to media that fail in a way a retry can
+    /// help (media restarting, a reconnect) until then. `None`: one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
 }
 
 /// Stop a job's transfer (agent). A backup stopped this way commits no

@@ -3,7 +3,15 @@
 //! Every request has an explicit timeout. [`RpcError::retryable`] tells a
 //! caller whether the same request may succeed later: nobody listening yet
 //! and timeouts are retryable, a typed refusal carries its own hint.
+//!
+//! A reply lost to a reconnect does not cost the whole timeout: while a
+//! request waits, the client's count of established connections is
+//! watched, and a request during which the connection was established
+//! anew fails at once with [`RpcError::Reconnected`], which is retryable.
+//! Every responder treats a repeated request as the same one, so asking
+//! again is safe.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arca_schemas::codec::{self, CodecError};
@@ -13,6 +21,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Default time a request may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a waiting request looks whether the connection was made anew.
+const RECONNECT_WATCH: Duration = Duration::from_millis(100);
 
 /// A request that did not get a good answer.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +67,13 @@ pub enum RpcError {
         /// Cause.
         source: CodecError,
     },
+    /// The connection to the server was lost and made again while the
+    /// request waited: its reply, if one was sent, may be lost.
+    #[error("the connection to NATS was re-established while waiting for an answer on {subject}")]
+    Reconnected {
+        /// Subject.
+        subject: String,
+    },
     /// The responder refused with a typed error.
     #[error("{0}")]
     Remote(ErrorReply),
@@ -66,7 +84,7 @@ impl RpcError {
     pub fn retryable(&self) -> bool {
         match self {
             RpcError::NoResponders { .. } | RpcError::Timeout { .. } => true,
-            RpcError::Transport { .. } => true,
+            RpcError::Transport { .. } | RpcError::Reconnected { .. } => true,
             RpcError::Codec { .. } | RpcError::Rejected { .. } => false,
             RpcError::Remote(e) => e.retryable,
         }
@@ -148,29 +166,40 @@ async fn send<R: DeserializeOwned>(
     if let Some(h) = headers {
         req = req.headers(h);
     }
-    let msg = client
-        .send_request(subject.clone(), req)
-        .await
-        .map_err(|e| {
-            use async_nats::client::RequestErrorKind as K;
-            match e.kind() {
-                K::NoResponders => RpcError::NoResponders {
-                    subject: subject.clone(),
-                },
-                K::TimedOut => RpcError::Timeout {
-                    subject: subject.clone(),
-                    timeout,
-                },
-                K::InvalidSubject | K::MaxPayloadExceeded => RpcError::Rejected {
-                    subject: subject.clone(),
-                    message: e.to_string(),
-                },
-                _ => RpcError::Transport {
-                    subject: subject.clone(),
-                    message: e.to_string(),
-                },
+    let connects = client.statistics();
+    let before = connects.connects.load(Ordering::Relaxed);
+    let reconnected = async {
+        loop {
+            tokio::time::sleep(RECONNECT_WATCH).await;
+            if connects.connects.load(Ordering::Relaxed) != before {
+                return;
             }
-        })?;
+        }
+    };
+    let sent = tokio::select! {
+        r = client.send_request(subject.clone(), req) => r,
+        () = reconnected => return Err(RpcError::Reconnected { subject }),
+    };
+    let msg = sent.map_err(|e| {
+        use async_nats::client::RequestErrorKind as K;
+        match e.kind() {
+            K::NoResponders => RpcError::NoResponders {
+                subject: subject.clone(),
+            },
+            K::TimedOut => RpcError::Timeout {
+                subject: subject.clone(),
+                timeout,
+            },
+            K::InvalidSubject | K::MaxPayloadExceeded => RpcError::Rejected {
+                subject: subject.clone(),
+                message: e.to_string(),
+            },
+            _ => RpcError::Transport {
+                subject: subject.clone(),
+                message: e.to_string(),
+            },
+        }
+    })?;
     let reply: Reply<R> = codec::decode(&msg.payload).map_err(|source| RpcError::Codec {
         subject: subject.clone(),
         source,
@@ -178,24 +207,62 @@ async fn send<R: DeserializeOwned>(
     Result::from(reply).map_err(RpcError::Remote)
 }
 
-/// Retries `f` while it fails with a retryable error, until `within` has passed.
-pub async fn retry<T, F, Fut>(within: Duration, mut f: F) -> Result<T, RpcError>
+/// Retries `f` while it fails with a retryable error, for `within` after
+/// its first failure: a failure is always followed by at least one more
+/// attempt when `within` is not zero, however long the failed attempt took.
+/// A reply lost to a reconnect ([`RpcError::Reconnected`]) starts the
+/// window again: the time the connection was away is not the responder's.
+pub async fn retry<T, F, Fut>(within: Duration, f: F) -> Result<T, RpcError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RpcError>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut delay = Duration::from_millis(100);
+    retry_capped(within, None, f).await
+}
+
+/// Like [`retry`], and never past `cap` (a job's deadline).
+pub async fn retry_capped<T, F, Fut>(
+    within: Duration,
+    cap: Option<tokio::time::Instant>,
+    mut f: F,
+) -> Result<T, RpcError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RpcError>>,
+{
+    let mut delay = RETRY_FIRST;
+    let mut window_end: Option<tokio::time::Instant> = None;
     loop {
         match f().await {
-            Err(e) if e.retryable() && tokio::time::Instant::now() + delay < deadline => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            Err(e) if e.retryable() => {
+                let now = tokio::time::Instant::now();
+                let end = match window_end {
+                    Some(end) if !matches!(e, RpcError::Reconnected { .. }) => end,
+                    _ => {
+                        delay = RETRY_FIRST;
+                        now + within
+                    }
+                };
+                window_end = Some(end);
+                let end = cap.map_or(end, |c| end.min(c));
+                if now >= end {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(delay.min(end - now)).await;
+                delay = (delay * 2).min(RETRY_MOST);
             }
             other => return other,
         }
     }
 }
+
+/// The first pause between two attempts; each next one doubles, up to
+/// [`RETRY_MOST`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two attempts.
+pub const RETRY_MOST: Duration = Duration::from_secs(2);
 
 /// Decodes a request body, or the typed error to answer with.
 pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ErrorReply> {
@@ -230,4 +297,92 @@ pub async fn respond<T: Serialize>(
 /// The last token of a subject (the verb).
 pub fn verb(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn timeout() -> RpcError {
+        RpcError::Timeout {
+            subject: "s".into(),
+            timeout: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_longer_than_the_window_is_still_tried_again() {
+        let tries = AtomicUsize::new(0);
+        let r: Result<usize, _> = retry(Duration::from_millis(50), || async {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                return Err(timeout());
+            }
+            Ok(n)
+        })
+        .await;
+        assert_eq!(r.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_end_when_the_window_after_the_first_failure_has_passed() {
+        let tries = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let r: Result<(), _> = retry(Duration::from_millis(300), || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(timeout())
+        })
+        .await;
+        assert!(r.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(tries.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn a_reply_lost_to_a_reconnect_starts_the_window_again() {
+        let tries = AtomicUsize::new(0);
+        let r: Result<usize, _> = retry(Duration::from_millis(200), || async {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            match n {
+                0 => Err(timeout()),
+                // Ends after the window that began with the first failure,
+                // having learnt that its reply was lost to a reconnect.
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    Err(RpcError::Reconnected {
+                        subject: "s".into(),
+                    })
+                }
+                _ => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_cap_ends_retries_before_the_window() {
+        let started = std::time::Instant::now();
+        let cap = tokio::time::Instant::now() + Duration::from_millis(200);
+        let r: Result<(), _> = retry_capped(Duration::from_secs(30), Some(cap), || async {
+            Err(timeout())
+        })
+        .await;
+        assert!(r.is_err());
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried() {
+        let tries = AtomicUsize::new(0);
+        let r: Result<(), _> = retry(Duration::from_secs(5), || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(RpcError::Remote(ErrorReply::bad_request("no")))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arca_repo::frame;
-use arca_runtime::rpc::{self, RpcError};
+use arca_runtime::rpc::RpcError;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
     ChunksStored, CommitSnapshot, HasChunks, HasChunksReply, PutChunk, PutChunks,
@@ -37,6 +37,7 @@ use arca_schemas::system::Selection;
 use crate::Progress;
 use crate::application::{Addition, JobApps, postgresql};
 use crate::meta::{self, LIST_BUFFER, Names, Stat};
+use crate::patience::Patience;
 use crate::select::Filter;
 
 /// How the reader cuts and compresses.
@@ -137,7 +138,7 @@ pub async fn run(
     request: Request,
     params: ChunkParams,
     window: usize,
-    timeout: Duration,
+    patience: Patience,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
     let Request {
@@ -156,17 +157,17 @@ pub async fn run(
         subject: subject::media_data(&req.media, &system, MediaDataVerb::Has),
         session: req.session.clone(),
         runtime: tokio::runtime::Handle::current(),
-        timeout,
+        patience,
     };
     let key = req.chunk_key;
     let parent = match &req.parent {
-        Some(id) => match parent_tree(&client, &system, &req.media, id).await {
+        Some(id) => match parent_tree(&client, &system, &req.media, id, patience).await {
             Ok(tree) => Parent::new(
                 tree,
                 client.clone(),
                 subject::media_data(&req.media, &system, MediaDataVerb::Get),
                 key,
-                timeout,
+                patience,
             ),
             Err(e) => {
                 tracing::warn!(parent = %id, error = %e.message, "parent snapshot unreadable; reading every file");
@@ -240,10 +241,7 @@ pub async fn run(
                     in_flight.push(async move {
                         let body = PutChunks { session, chunks: batch };
                         let wire = body.chunks.iter().map(|c| c.frame.len()).sum();
-                        let r: ChunksStored = rpc::retry(Duration::from_secs(30), || {
-                            rpc::request_with_timeout(&client, subject.clone(), &body, timeout)
-                        })
-                        .await?;
+                        let r: ChunksStored = patience.request(&client, &subject, &body).await?;
                         if r.new.len() != body.chunks.len() {
                             return Err(RpcError::Transport {
                                 subject: subject.clone(),
@@ -309,15 +307,10 @@ pub async fn run(
         file_errors: file_errors.clone(),
     };
     let subject = subject::media_data(&req.media, &system, MediaDataVerb::Commit);
-    match rpc::retry(Duration::from_secs(30), || {
-        rpc::request_with_timeout::<_, SnapshotCommitted>(
-            &client,
-            subject.clone(),
-            &commit,
-            Duration::from_secs(300),
-        )
-    })
-    .await
+    match patience
+        .with_timeout(Duration::from_secs(300))
+        .request::<_, SnapshotCommitted>(&client, &subject, &commit)
+        .await
     {
         Ok(c) => outcome(Some(c.snapshot.id), None),
         Err(e) => outcome(None, Some(e.to_reply())),
@@ -330,17 +323,19 @@ async fn parent_tree(
     system: &str,
     media: &str,
     id: &arca_schemas::SnapshotId,
+    patience: Patience,
 ) -> Result<Vec<ChunkId>, ErrorReply> {
-    let snap: arca_schemas::msg::SnapshotReply = rpc::request(
-        client,
-        subject::media_data(media, system, MediaDataVerb::Snapshot),
-        &arca_schemas::msg::GetSnapshot {
-            snapshot: id.clone(),
-            session: None,
-        },
-    )
-    .await
-    .map_err(|e| e.to_reply())?;
+    let snap: arca_schemas::msg::SnapshotReply = patience
+        .request(
+            client,
+            &subject::media_data(media, system, MediaDataVerb::Snapshot),
+            &arca_schemas::msg::GetSnapshot {
+                snapshot: id.clone(),
+                session: None,
+            },
+        )
+        .await
+        .map_err(|e| e.to_reply())?;
     Ok(snap.tree)
 }
 
@@ -357,7 +352,7 @@ struct ParentFetch {
     client: async_nats::Client,
     subject: String,
     key: [u8; 32],
-    timeout: Duration,
+    patience: Patience,
     runtime: tokio::runtime::Handle,
 }
 
@@ -367,7 +362,7 @@ impl Parent {
         client: async_nats::Client,
         subject: String,
         key: [u8; 32],
-        timeout: Duration,
+        patience: Patience,
     ) -> Parent {
         Parent {
             batches: tree.into_iter(),
@@ -376,7 +371,7 @@ impl Parent {
                 client,
                 subject,
                 key,
-                timeout,
+                patience,
                 runtime: tokio::runtime::Handle::current(),
             }),
         }
@@ -423,14 +418,10 @@ impl Parent {
         let body = arca_schemas::msg::GetChunk { id, session: None };
         let got: Result<TreeBatch, String> = f
             .runtime
-            .block_on(rpc::retry(Duration::from_secs(30), || {
-                rpc::request_with_timeout::<_, arca_schemas::msg::ChunkData>(
-                    &f.client,
-                    f.subject.clone(),
-                    &body,
-                    f.timeout,
-                )
-            }))
+            .block_on(
+                f.patience
+                    .request::<_, arca_schemas::msg::ChunkData>(&f.client, &f.subject, &body),
+            )
             .map_err(|e| e.to_string())
             .and_then(|d| frame::decode(&d.frame, &f.key, &id).map_err(|e| e.to_string()))
             .and_then(|plain| codec::decode(&plain).map_err(|e| e.to_string()));
@@ -463,7 +454,7 @@ struct HasAsker {
     subject: String,
     session: String,
     runtime: tokio::runtime::Handle,
-    timeout: Duration,
+    patience: Patience,
 }
 
 impl HasAsker {
@@ -475,9 +466,7 @@ impl HasAsker {
         };
         let reply: HasChunksReply = self
             .runtime
-            .block_on(rpc::retry(Duration::from_secs(30), || {
-                rpc::request_with_timeout(&self.client, self.subject.clone(), &body, self.timeout)
-            }))
+            .block_on(self.patience.request(&self.client, &self.subject, &body))
             .map_err(|e| e.to_reply())?;
         if reply.present.len() != n {
             return Err(ErrorReply::internal(

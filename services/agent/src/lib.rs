@@ -18,6 +18,7 @@ pub mod application;
 pub mod backup;
 pub mod hooks;
 pub mod meta;
+pub mod patience;
 pub mod prefetch;
 pub mod restore;
 pub mod select;
@@ -80,9 +81,19 @@ pub struct Config {
     /// stored, a chunk fetched) before the request is retried.
     #[serde(default = "default_media_timeout")]
     pub media_timeout_secs: u64,
+    /// Seconds a request to media that failed in a way a retry can help
+    /// (media or nats-server restarting, nobody answering yet) is asked
+    /// again after its first failure; never past the job's deadline. A
+    /// reply lost to a reconnect is asked for again at once.
+    #[serde(default = "default_media_retry")]
+    pub media_retry_secs: u64,
 }
 
 fn default_media_timeout() -> u64 {
+    60
+}
+
+fn default_media_retry() -> u64 {
     60
 }
 
@@ -120,6 +131,7 @@ impl Config {
             chunk_max: default_max(),
             zstd_level: default_level(),
             media_timeout_secs: default_media_timeout(),
+            media_retry_secs: default_media_retry(),
         }
     }
 
@@ -533,6 +545,16 @@ impl Agent {
             .await)
     }
 
+    /// How a transfer waits for media and retries (`deadline_secs`: what
+    /// is left of the job's deadline).
+    fn patience(&self, deadline_secs: Option<u64>) -> patience::Patience {
+        patience::Patience::new(
+            Duration::from_secs(self.config.media_timeout_secs),
+            Duration::from_secs(self.config.media_retry_secs),
+            deadline_secs,
+        )
+    }
+
     /// Registers a transfer for `job`; `None` when it is already known.
     fn register(&self, job: JobId) -> Option<Arc<Mutex<Progress>>> {
         let mut transfers = self.transfers.lock().expect("transfers lock");
@@ -550,6 +572,7 @@ impl Agent {
             return Ok(TransferAccepted { started: false });
         };
         tracing::info!(job = %req.job, paths = ?req.paths, "backup transfer started");
+        let deadline_secs = req.deadline_secs;
         let me = self.clone();
         let job = req.job;
         let apps = self.apps.lock().expect("apps lock").get(&job).cloned();
@@ -566,7 +589,7 @@ impl Agent {
                 },
                 me.params,
                 me.config.window,
-                Duration::from_secs(me.config.media_timeout_secs),
+                me.patience(deadline_secs),
                 progress.clone(),
             )
             .await;
@@ -595,6 +618,7 @@ impl Agent {
             return Ok(TransferAccepted { started: false });
         };
         tracing::info!(job = %req.job, snapshot = %req.snapshot, target = ?req.target, "restore transfer started");
+        let deadline_secs = req.deadline_secs;
         let me = self.clone();
         let job = req.job;
         let task = tokio::spawn(async move {
@@ -605,7 +629,7 @@ impl Agent {
                 req,
                 claims,
                 me.config.window,
-                Duration::from_secs(me.config.media_timeout_secs),
+                me.patience(deadline_secs),
                 progress.clone(),
             )
             .await;

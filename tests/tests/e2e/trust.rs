@@ -470,6 +470,7 @@ async fn a_restore_onto_another_system_needs_the_override_and_is_audited() {
         chunk_key: key.key,
         filter: Default::default(),
         keep_privileges: false,
+        deadline_secs: None,
     };
     let subj = subject::agent("rb", AgentVerb::Restore);
     let body = codec::encode(&start).unwrap();

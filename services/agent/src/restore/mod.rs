@@ -38,10 +38,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arca_repo::frame;
-use arca_runtime::rpc;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
     ChunkData, ChunksData, FetchedChunk, GetChunk, GetChunks, GetSnapshot, SnapshotReply,
@@ -55,6 +53,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::Progress;
 use crate::meta::Names;
+use crate::patience::Patience;
 use crate::select::{self, Filter};
 use beneath::{Beneath, Temp};
 use check::Checked;
@@ -71,10 +70,10 @@ pub async fn run(
     req: StartRestoreTransfer,
     claims: TokenClaims,
     window: usize,
-    timeout: Duration,
+    patience: Patience,
     progress: Arc<Mutex<Progress>>,
 ) -> TransferOutcome {
-    let result = restore(&client, &system, &req, &claims, window, timeout, &progress).await;
+    let result = restore(&client, &system, &req, &claims, window, patience, &progress).await;
     let p = progress.lock().expect("progress lock");
     TransferOutcome {
         stats: p.stats.clone(),
@@ -124,14 +123,13 @@ async fn get_chunk(
     subject: &str,
     id: ChunkId,
     session: Option<String>,
-    timeout: Duration,
+    patience: Patience,
 ) -> Result<ChunkData, ErrorReply> {
     let body = GetChunk { id, session };
-    rpc::retry(Duration::from_secs(30), || {
-        rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
-    })
-    .await
-    .map_err(|e| e.to_reply())
+    patience
+        .request(client, subject, &body)
+        .await
+        .map_err(|e| e.to_reply())
 }
 
 /// The id a fetched chunk's plain bytes are checked against: its own id
@@ -155,15 +153,14 @@ async fn get_chunks(
     subject: &str,
     ids: Vec<ChunkId>,
     session: Option<String>,
-    timeout: Duration,
+    patience: Patience,
 ) -> Result<Vec<FetchedChunk>, ErrorReply> {
     let n = ids.len();
     let body = GetChunks { ids, session };
-    let r: ChunksData = rpc::retry(Duration::from_secs(30), || {
-        rpc::request_with_timeout(client, subject.to_owned(), &body, timeout)
-    })
-    .await
-    .map_err(|e| e.to_reply())?;
+    let r: ChunksData = patience
+        .request(client, subject, &body)
+        .await
+        .map_err(|e| e.to_reply())?;
     if r.chunks.len() != n {
         return Err(ErrorReply::internal(
             "media answered for a different number of chunks",
@@ -256,19 +253,20 @@ async fn restore(
     req: &StartRestoreTransfer,
     claims: &TokenClaims,
     window: usize,
-    timeout: Duration,
+    patience: Patience,
     progress: &Arc<Mutex<Progress>>,
 ) -> Result<(), ErrorReply> {
-    let snap: SnapshotReply = rpc::request(
-        client,
-        subject::media_data(&req.media, system, MediaDataVerb::Snapshot),
-        &GetSnapshot {
-            snapshot: req.snapshot.clone(),
-            session: req.session.clone(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_reply())?;
+    let snap: SnapshotReply = patience
+        .request(
+            client,
+            &subject::media_data(&req.media, system, MediaDataVerb::Snapshot),
+            &GetSnapshot {
+                snapshot: req.snapshot.clone(),
+                session: req.session.clone(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_reply())?;
     // Before anything is written, not even the target folder.
     check_grant(system, req, claims, Some(&snap.info.system))?;
     let root = match &req.target {
@@ -320,7 +318,7 @@ async fn restore(
     let (mut dirs, mut others, mut links) = (Vec::new(), Vec::new(), Vec::new());
     let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
-        let got = get_chunk(client, &get_subject, *id, req.session.clone(), timeout).await?;
+        let got = get_chunk(client, &get_subject, *id, req.session.clone(), patience).await?;
         let check = check_id(shared.granted, *id, got.check).map_err(ErrorReply::internal)?;
         let plain = frame::decode(&got.frame, &req.chunk_key, &check).map_err(|e| e.to_reply())?;
         let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
@@ -394,7 +392,7 @@ async fn restore(
                 client.clone(),
                 get_many.clone(),
                 req.session.clone(),
-                timeout,
+                patience,
             ));
         }
     }
@@ -941,10 +939,10 @@ async fn fetch_and_write(
     client: async_nats::Client,
     subject: String,
     session: Option<String>,
-    timeout: Duration,
+    patience: Patience,
 ) {
     let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id, _)| *id).collect();
-    let fetched = get_chunks(&client, &subject, ids, session, timeout).await;
+    let fetched = get_chunks(&client, &subject, ids, session, patience).await;
     let _ = tokio::task::spawn_blocking(move || {
         let fetched: Vec<Result<FetchedChunk, ErrorReply>> = match fetched {
             Ok(f) => f.into_iter().map(Ok).collect(),

@@ -84,6 +84,11 @@ pub enum EventDetail {
         phase: String,
         /// False when no hook is configured.
         ran: bool,
+        /// True when it succeeded (the command exited 0 and every
+        /// application step did what it had to). Absent in events written
+        /// before it was added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        success: Option<bool>,
         /// Exit status.
         exit_code: Option<i32>,
         /// Its output (tail).
@@ -124,6 +129,11 @@ pub enum EventDetail {
         phase: String,
         /// False when no hook is configured.
         ran: bool,
+        /// True when it succeeded (the command exited 0 and every
+        /// application step did what it had to). Absent in events written
+        /// before it was added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        success: Option<bool>,
         /// Exit status.
         exit_code: Option<i32>,
         /// Its output (tail).
@@ -135,6 +145,11 @@ pub enum EventDetail {
     PostHookByAgent {
         /// Which hook.
         phase: String,
+        /// True when it succeeded (the command exited 0 and every
+        /// application step did what it had to). Absent in events written
+        /// before it was added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        success: Option<bool>,
         /// Exit status.
         exit_code: Option<i32>,
         /// Its output (tail).
@@ -147,6 +162,15 @@ pub enum EventDetail {
     },
     /// An operator asked to cancel the job; clean-up follows.
     CancelRequested {},
+    /// The scheduler found on media a snapshot this job made that its
+    /// catalog did not list (the job lost contact before recording it),
+    /// and recorded it.
+    SnapshotAdopted {
+        /// The snapshot.
+        snapshot: SnapshotId,
+        /// Media holding it.
+        media: String,
+    },
     /// A firewall closed the window.
     WindowClosed {
         /// Firewall controller.
@@ -197,6 +221,7 @@ impl EventDetail {
             EventDetail::PostHookByAgent { .. } => "post-hook-by-agent",
             EventDetail::Resumed { .. } => "resumed",
             EventDetail::CancelRequested { .. } => "cancel-requested",
+            EventDetail::SnapshotAdopted { .. } => "snapshot-adopted",
             EventDetail::WindowClosed { .. } => "window-closed",
             EventDetail::StepFailed { .. } => "step-failed",
             EventDetail::Ended { .. } => "ended",

@@ -256,7 +256,13 @@ pub struct JobRecord {
     /// Firewalls whose window this job has asked to open and not yet closed.
     pub open_windows: Vec<String>,
     /// True once the pre hook was started: the post hook must then run.
+    /// It stays true when the job ends, as its `prepared` event says.
     pub prepared: bool,
+    /// True once the post hook was asked for (or, the agent being silent
+    /// or the system unknown, could not be): `prepared` and not `finished`
+    /// means the post hook is still owed.
+    #[serde(default)]
+    pub finished: bool,
     /// Counters of the transfer.
     pub stats: TransferStats,
     /// Files that could not be read or written.

@@ -1017,9 +1017,10 @@ fn print_event(e: &JobEvent) {
         EventDetail::Prepared {
             phase,
             ran,
+            success,
             exit_code,
             output,
-        } => hook_line(phase, *ran, *exit_code, output),
+        } => hook_line(phase, *ran, *success, *exit_code, output),
         EventDetail::Progress {
             stats,
             bytes_per_sec,
@@ -1055,17 +1056,22 @@ fn print_event(e: &JobEvent) {
         EventDetail::Finished {
             phase,
             ran,
+            success,
             exit_code,
             output,
-        } => hook_line(phase, *ran, *exit_code, output),
+        } => hook_line(phase, *ran, *success, *exit_code, output),
         EventDetail::WindowClosed { firewall } => format!("window closed on {firewall}"),
         EventDetail::PostHookByAgent {
-            phase, exit_code, ..
+            phase,
+            success,
+            exit_code,
+            ..
         } => format!(
-            "{phase} hook was run by the agent at its deadline (exit {}), the scheduler being away",
-            exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "abnormal".into())
+            "{phase} hook was run by the agent at its deadline, the scheduler being away: {}",
+            hook_outcome(*success, *exit_code)
+        ),
+        EventDetail::SnapshotAdopted { snapshot, media } => format!(
+            "snapshot {snapshot} found on media {media} and recorded for this job (the job had lost contact before recording it)"
         ),
         EventDetail::Resumed { step } => {
             format!("picked up again by a restarted scheduler at step {step:?}")
@@ -1115,19 +1121,34 @@ fn shown(text: &str) -> String {
         .join("\n      ")
 }
 
-fn hook_line(phase: &str, ran: bool, exit_code: Option<i32>, output: &str) -> String {
+fn hook_line(
+    phase: &str,
+    ran: bool,
+    success: Option<bool>,
+    exit_code: Option<i32>,
+    output: &str,
+) -> String {
     if !ran {
         return format!("{phase}: no hook configured");
     }
-    let mut s = format!(
-        "{phase} hook exited {}",
-        exit_code
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "abnormally".into())
-    );
+    let mut s = format!("{phase} hook {}", hook_outcome(success, exit_code));
     let out = output.trim();
     if !out.is_empty() {
         s.push_str(&format!(": {}", out.lines().last().unwrap_or("")));
     }
     s
+}
+
+/// How a hook ended, in words: an application step has no exit status,
+/// and a command killed by a signal or its timeout has none either.
+fn hook_outcome(success: Option<bool>, exit_code: Option<i32>) -> String {
+    match (success, exit_code) {
+        (Some(true), Some(c)) => format!("succeeded (exit {c})"),
+        (Some(true), None) => "succeeded".to_owned(),
+        (Some(false), Some(c)) => format!("failed (exit {c})"),
+        (Some(false), None) => "failed (no exit status: killed, or it timed out)".to_owned(),
+        // Events written before `success` was recorded.
+        (None, Some(c)) => format!("exited {c}"),
+        (None, None) => "ended without an exit status".to_owned(),
+    }
 }

@@ -48,6 +48,7 @@ use arca_runtime::trust::Grant;
 use arca_schemas::event::EventDetail;
 use arca_schemas::job::{
     FILE_ERRORS_NAMED, FileError, REPORTED_MESSAGE_MAX, REPORTED_OUTPUT_MAX, REPORTED_PATH_MAX,
+    TransferStats,
 };
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, AgentVerb, FirewallVerb, MediaVerb};
@@ -64,6 +65,29 @@ const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// The least time between two status questions.
 const POLL_PAUSE: Duration = Duration::from_millis(250);
+
+/// A failed hook's exit status in words (an application step, or a command
+/// killed or timed out, has none).
+fn exit_words(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit {c}"),
+        None => "no exit status".to_owned(),
+    }
+}
+
+/// How long a silent agent is given to answer a ping before the clean-up.
+const SILENT_PING: Duration = Duration::from_secs(2);
+
+/// How long a status question may take beyond the time the agent holds it.
+const STATUS_ANSWER: Duration = Duration::from_secs(4);
+
+/// How many times the client has connected (the first time included).
+fn connects(client: &async_nats::Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// A step failed (or was cancelled): which, and why.
 struct StepError {
@@ -143,6 +167,9 @@ struct Driver {
     /// Firewalls that confirmed opening this job's window: the ones the
     /// renewer renews.
     confirmed: Arc<Mutex<Vec<String>>>,
+    /// The agent went silent during the transfer: the clean-up does not
+    /// wait for it.
+    agent_silent: bool,
 }
 
 /// Resolves once a cancel is signalled (never when the sender is gone).
@@ -165,6 +192,7 @@ pub(crate) async fn drive(sched: Arc<Scheduler>, rec: JobRecord, cancel: watch::
         cancel,
         cancel_noted: false,
         confirmed: Default::default(),
+        agent_silent: false,
     };
     d.rec.status = JobStatus::Running;
     d.enter(JobStep::Selected).await;
@@ -197,6 +225,7 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
         // Windows opened before the restart are renewed again; one whose
         // lease ran out meanwhile stops the job.
         confirmed: Default::default(),
+        agent_silent: false,
     };
     d.cancel_noted = d.rec.cancel_requested;
     *d.confirmed.lock().expect("confirmed lock") = d.rec.open_windows.clone();
@@ -213,7 +242,7 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
                 "recover: the system is no longer registered ({}); the post hook could not be asked for",
                 e.message
             ));
-            d.rec.prepared = false;
+            d.rec.finished = true;
             let mut system = crate::registry::placeholder(&d.rec.system);
             system.firewalls = d.rec.open_windows.clone();
             let cleanup = d.cleanup(&system).await;
@@ -245,7 +274,7 @@ pub(crate) async fn resume(sched: Arc<Scheduler>, rec: JobRecord) {
             let cleanup = d.cleanup(&system).await;
             d.end(cleanup).await;
         }
-        _ if d.rec.prepared && deadline_passed => {
+        _ if d.rec.prepared && !d.rec.finished && deadline_passed => {
             let error = format!(
                 "recover: the scheduler was away during step {:?} for longer than the agent's deadline \
                  ({}s after the pre hook), so the agent released the system by itself; run the job again",
@@ -285,6 +314,14 @@ impl Driver {
         self.rec.deadline =
             Some(chrono::Utc::now() + chrono::Duration::seconds(secs.min(i64::MAX as u64) as i64));
         self.save().await;
+    }
+
+    /// Seconds left until the job's deadline (at least one), for the agent,
+    /// which retries its requests to media until then.
+    fn left_secs(&self) -> Option<u64> {
+        self.rec
+            .deadline
+            .map(|d| (d - chrono::Utc::now()).num_seconds().max(1) as u64)
     }
 
     /// What a job that reached its deadline ends with.
@@ -646,6 +683,7 @@ impl Driver {
         self.event(EventDetail::Prepared {
             phase: pre_phase.as_str().to_owned(),
             ran: r.ran,
+            success: Some(r.success),
             exit_code: r.exit_code,
             output: r.output.clone(),
         })
@@ -654,9 +692,9 @@ impl Driver {
             return Err(StepError::new(
                 "prepared",
                 format!(
-                    "{} hook failed (exit {:?}); no data was moved. Output:\n{}",
+                    "{} hook failed ({}); no data was moved. Output:\n{}",
                     pre_phase.as_str(),
-                    r.exit_code,
+                    exit_words(r.exit_code),
                     r.output
                 ),
             ));
@@ -913,6 +951,7 @@ impl Driver {
                     },
                     chunk_key,
                     selection: system.selection(),
+                    deadline_secs: self.left_secs(),
                 };
                 let token = self.token(&system.name, Grant::default());
                 let _: TransferAccepted = rpc::retry(retry, || {
@@ -992,6 +1031,7 @@ impl Driver {
                     chunk_key,
                     filter: self.rec.filter.clone(),
                     keep_privileges: self.rec.keep_privileges,
+                    deadline_secs: self.left_secs(),
                 };
                 let token = self.token(&system.name, grant);
                 let _: TransferAccepted = rpc::retry(retry, || {
@@ -1012,14 +1052,22 @@ impl Driver {
 
     /// Polls the agent until the transfer ends, publishing progress. A
     /// cancel asks the agent to stop the transfer, then waits for its end.
+    ///
+    /// The status question, which the agent holds for [`STATUS_WAIT`] while
+    /// the transfer runs, is the heartbeat: an agent that has not answered
+    /// one for `agent-silence-secs` is silent, and the job stops. Time the
+    /// scheduler's own connection was away does not count against the
+    /// agent. A backup whose agent went silent after media committed its
+    /// snapshot keeps that snapshot.
     async fn poll_transfer(&mut self, system: &SystemConfig) -> Result<TransferOutcome, StepError> {
         let client = self.sched.client.clone();
-        let stall = Duration::from_secs(self.sched.config.stall_timeout_secs);
+        let silence = Duration::from_secs(self.sched.config.agent_silence_secs);
         let started = Instant::now();
         let mut last_ok = Instant::now();
-        // The first progress event goes out at the first answer, then one
-        // every two seconds.
-        let mut last_event: Option<Instant> = None;
+        let mut connects = connects(&client);
+        // A progress event goes out at the first answer, then at most one
+        // every two seconds while the counters move; none while they stand.
+        let mut last_event: Option<(Instant, TransferStats)> = None;
         let mut stopping = false;
         // The agent answers when the transfer ends or after STATUS_WAIT, so
         // the end is noticed at once; asks are at least POLL_PAUSE apart
@@ -1053,7 +1101,7 @@ impl Driver {
                 &client,
                 subject::agent(&system.name, AgentVerb::Status),
                 &req,
-                Duration::from_secs(5) + STATUS_WAIT,
+                STATUS_ANSWER + STATUS_WAIT,
             );
             let r = tokio::select! {
                 r = ask => r,
@@ -1064,6 +1112,13 @@ impl Driver {
                 }
             };
             pause = POLL_PAUSE.saturating_sub(asked.elapsed());
+            // The scheduler's own connection was made anew: the agent had
+            // no way to answer meanwhile.
+            let now_connects = self::connects(&client);
+            if now_connects != connects {
+                connects = now_connects;
+                last_ok = Instant::now();
+            }
             match r {
                 Ok(TransferState::Done(outcome)) => {
                     if stopping && outcome.snapshot.is_none() {
@@ -1075,8 +1130,14 @@ impl Driver {
                 }
                 Ok(TransferState::Running { stats, current }) => {
                     last_ok = Instant::now();
-                    if last_event.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
-                        last_event = Some(Instant::now());
+                    let due = match &last_event {
+                        None => true,
+                        Some((at, shown)) => {
+                            at.elapsed() >= Duration::from_secs(2) && *shown != stats
+                        }
+                    };
+                    if due {
+                        last_event = Some((Instant::now(), stats.clone()));
                         let secs = started.elapsed().as_secs_f64().max(0.001);
                         self.event(EventDetail::Progress {
                             bytes_per_sec: stats.bytes as f64 / secs,
@@ -1087,16 +1148,8 @@ impl Driver {
                     }
                 }
                 Ok(TransferState::Unknown) => {
-                    if self.rec.kind == JobKind::Backup
-                        && let Some(info) = self.committed_snapshot(system).await
-                    {
-                        return Ok(TransferOutcome {
-                            stats: info.stats,
-                            snapshot: Some(info.id),
-                            file_errors: info.file_errors,
-                            file_warnings: Vec::new(),
-                            error: None,
-                        });
+                    if let Some(outcome) = self.committed_outcome(system).await {
+                        return Ok(outcome);
                     }
                     if stopping {
                         return Err(StepError::cancelled("transferred"));
@@ -1106,18 +1159,48 @@ impl Driver {
                         "the agent no longer knows this transfer (it restarted); run the job again",
                     ));
                 }
-                Err(e) if e.retryable() && last_ok.elapsed() < stall => {}
+                Err(e) if e.retryable() && last_ok.elapsed() < silence => {}
                 Err(e) => {
-                    return Err(StepError::new(
-                        "transferred",
+                    self.agent_silent = e.retryable();
+                    if let Some(outcome) = self.committed_outcome(system).await {
+                        tracing::warn!(job = %self.rec.id, error = %e, "the agent went silent after media committed the snapshot");
+                        return Ok(outcome);
+                    }
+                    if stopping {
+                        return Err(StepError::cancelled("transferred"));
+                    }
+                    let why = if self.agent_silent {
+                        format!(
+                            "the agent of {} went silent during the transfer: no answer for {}s                              (agent-silence-secs); last: {e}. Is arca-agent still running there,                              and its network path open?",
+                            system.name,
+                            last_ok.elapsed().as_secs()
+                        )
+                    } else {
                         format!(
                             "lost contact with the agent of {} during the transfer: {e}",
                             system.name
-                        ),
-                    ));
+                        )
+                    };
+                    return Err(StepError::new("transferred", why));
                 }
             }
         }
+    }
+
+    /// For a backup: the outcome of the snapshot media committed for this
+    /// job, if it committed one (the agent's own report was lost).
+    async fn committed_outcome(&self, system: &SystemConfig) -> Option<TransferOutcome> {
+        if self.rec.kind != JobKind::Backup {
+            return None;
+        }
+        let info = self.committed_snapshot(system).await?;
+        Some(TransferOutcome {
+            stats: info.stats,
+            snapshot: Some(info.id),
+            file_errors: info.file_errors,
+            file_warnings: Vec::new(),
+            error: None,
+        })
     }
 
     /// Post hook (when the pre hook was started) and window closing.
@@ -1126,7 +1209,7 @@ impl Driver {
         let client = self.sched.client.clone();
         let cfg = self.sched.config.clone();
         let mut failure = None;
-        if self.rec.prepared {
+        if self.rec.prepared && !self.rec.finished {
             self.enter(JobStep::Finishing).await;
             let (_, post_phase) = self.phases();
             let (_, post) = self.hooks(system);
@@ -1141,7 +1224,23 @@ impl Driver {
                 applications: system.applications.clone(),
             };
             let token = self.token(&system.name, Grant::default());
-            let r: Result<HookReply, RpcError> =
+            // A silent agent is not waited for again: one short ping, and
+            // the post hook is asked for only if it answers.
+            let silent = self.agent_silent
+                && rpc::request_with_timeout::<_, Pong>(
+                    &client,
+                    subject::agent(&system.name, AgentVerb::Ping),
+                    &Ping {},
+                    SILENT_PING,
+                )
+                .await
+                .is_err();
+            let r: Result<HookReply, RpcError> = if silent {
+                Err(RpcError::Remote(arca_schemas::error::ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    "the agent is silent, so the post hook was not asked for",
+                )))
+            } else {
                 rpc::retry(Duration::from_secs(cfg.agent_timeout_secs), || {
                     rpc::request_signed(
                         &client,
@@ -1151,7 +1250,8 @@ impl Driver {
                         &token,
                     )
                 })
-                .await;
+                .await
+            };
             match r {
                 Ok(r) => {
                     let r = HookReply {
@@ -1161,6 +1261,7 @@ impl Driver {
                     if r.by_agent_deadline {
                         self.event(EventDetail::PostHookByAgent {
                             phase: post_phase.as_str().to_owned(),
+                            success: Some(r.success),
                             exit_code: r.exit_code,
                             output: r.output.clone(),
                         })
@@ -1169,6 +1270,7 @@ impl Driver {
                     self.event(EventDetail::Finished {
                         phase: post_phase.as_str().to_owned(),
                         ran: r.ran,
+                        success: Some(r.success),
                         exit_code: r.exit_code,
                         output: r.output.clone(),
                     })
@@ -1177,9 +1279,9 @@ impl Driver {
                         failure = Some(StepError::new(
                             "finished",
                             format!(
-                                "{} hook failed (exit {:?}):\n{}",
+                                "{} hook failed ({}):\n{}",
                                 post_phase.as_str(),
-                                r.exit_code,
+                                exit_words(r.exit_code),
                                 r.output
                             ),
                         ));
@@ -1198,7 +1300,7 @@ impl Driver {
                     failure = Some(StepError::new("finished", msg));
                 }
             }
-            self.rec.prepared = false;
+            self.rec.finished = true;
             self.save().await;
         }
         self.close_restore_grant(system).await;
@@ -1283,12 +1385,18 @@ impl Driver {
             (None, false) => JobStatus::Partial,
             (None, true) => JobStatus::Succeeded,
         };
-        if matches!(self.rec.status, JobStatus::Failed | JobStatus::Cancelled)
+        // A backup that failed after its snapshot was committed and
+        // recorded in the catalog (its post hook failed, say) still names
+        // it: the snapshot is whole, and the record and the catalog agree.
+        if let Some(id) = &self.rec.snapshot
             && self.rec.kind == JobKind::Backup
+            && self.rec.status != JobStatus::Succeeded
+            && self.rec.status != JobStatus::Partial
+            && let Some(e) = &mut self.rec.error
         {
-            // A failed backup names no snapshot, even if one was committed
-            // before a later step failed.
-            self.rec.snapshot = None;
+            e.push_str(&format!(
+                " (snapshot {id} was committed before this and is whole; it is kept)"
+            ));
         }
         self.rec.step = JobStep::Done;
         let now = chrono::Utc::now();
@@ -1405,6 +1513,7 @@ mod tests {
             "target": null,
             "open-windows": [],
             "prepared": false,
+            "finished": false,
             "stats": arca_schemas::job::TransferStats::default(),
             "file-errors": [],
             "error": null,

@@ -51,13 +51,22 @@ pub struct Config {
     /// itself if the scheduler has not asked for it.
     #[serde(default = "default_hook_deadline")]
     pub hook_deadline_secs: u64,
-    /// Seconds a transfer may go without any sign of life.
-    #[serde(default = "default_stall")]
-    pub stall_timeout_secs: u64,
+    /// Seconds the agent may stay silent while its transfer runs (no
+    /// answer to the status question the scheduler keeps asking) before
+    /// the job fails and its window closes. Time during which the
+    /// scheduler itself had lost its NATS connection does not count.
+    /// Formerly `stall-timeout-secs`, which is still read.
+    #[serde(default = "default_silence", alias = "stall-timeout-secs")]
+    pub agent_silence_secs: u64,
     /// Seconds to keep retrying a firewall or media request that fails in a
     /// way a retry can help (not connected yet, busy).
     #[serde(default = "default_retry_window")]
     pub retry_secs: u64,
+    /// Seconds between two reconciliations of the catalog with media (the
+    /// first at start): snapshots media committed that the catalog does
+    /// not list are recorded, and reported as `snapshot-adopted` events.
+    #[serde(default = "default_reconcile")]
+    pub reconcile_secs: u64,
     /// Jobs driven at the same time; more wait in the queue.
     #[serde(default = "default_max_parallel")]
     pub max_parallel: usize,
@@ -121,11 +130,14 @@ fn default_agent_timeout() -> u64 {
 fn default_hook_deadline() -> u64 {
     3600
 }
-fn default_stall() -> u64 {
-    300
+fn default_silence() -> u64 {
+    15
 }
 fn default_retry_window() -> u64 {
     30
+}
+fn default_reconcile() -> u64 {
+    600
 }
 fn default_max_parallel() -> usize {
     1
@@ -192,7 +204,15 @@ impl Config {
             self.id
         );
         anyhow::ensure!(self.max_parallel >= 1, "max-parallel must be at least 1");
+        anyhow::ensure!(
+            self.reconcile_secs >= 1,
+            "reconcile-secs must be at least 1"
+        );
         anyhow::ensure!(self.lease_secs >= 3, "lease-secs must be at least 3");
+        anyhow::ensure!(
+            self.agent_silence_secs >= 3,
+            "agent-silence-secs must be at least 3 (the agent holds each status question for a second)"
+        );
         anyhow::ensure!(
             self.schedule_tick_secs >= 1,
             "schedule-tick-secs must be at least 1"
@@ -321,6 +341,8 @@ pub async fn run(
                 .map(|rec| job::resume(s.clone(), rec)),
         )
         .await;
+        // After the interrupted jobs took their own snapshots.
+        workers.spawn(s.clone().reconcile_loop());
         for _ in 0..s.config.max_parallel {
             let s = s.clone();
             workers.spawn(async move {
@@ -449,6 +471,7 @@ impl Scheduler {
             target: target.clone(),
             open_windows: Vec::new(),
             prepared: false,
+            finished: false,
             stats: Default::default(),
             file_errors: Vec::new(),
             file_warnings: Vec::new(),

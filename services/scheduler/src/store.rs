@@ -24,12 +24,56 @@ async fn put<T: Serialize>(store: &kv::Store, key: &str, value: &T) -> Result<()
     Ok(())
 }
 
+/// How long a write of a job record or a catalog entry, or a read, is
+/// retried when JetStream cannot take it (a restarting server, a leader
+/// election).
+const WRITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`put`], retried while JetStream is unavailable, for up to
+/// [`WRITE_PATIENCE`]. A write whose acknowledgement was lost is made
+/// again: the same value under the same key.
+async fn put_patiently<T: Serialize>(
+    store: &kv::Store,
+    key: &str,
+    value: &T,
+) -> Result<(), ErrorReply> {
+    let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        match put(store, key, value).await {
+            Err(e)
+                if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    said = true;
+                    tracing::warn!(%key, error = %e.message, "JetStream did not take a write; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(arca_runtime::rpc::RETRY_MOST);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Reads `key`; a read JetStream cannot answer (a restarting server) is
+/// tried again for up to [`WRITE_PATIENCE`].
 async fn get<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Result<Option<T>, ErrorReply> {
-    match store
-        .get(key)
-        .await
-        .map_err(|e| unavailable(&format!("read {key}"), e))?
-    {
+    let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(100);
+    let bytes = loop {
+        match store.get(key).await {
+            Ok(b) => break b,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%key, error = %e, "JetStream did not answer a read; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(arca_runtime::rpc::RETRY_MOST);
+            }
+            Err(e) => return Err(unavailable(&format!("read {key}"), e)),
+        }
+    };
+    match bytes {
         Some(bytes) => codec::decode(&bytes)
             .map(Some)
             .map_err(|e| ErrorReply::internal(format!("record {key} is unreadable: {e}"))),
@@ -104,7 +148,7 @@ impl Scheduler {
     }
 
     pub(crate) async fn put_job(&self, rec: &JobRecord) -> Result<(), ErrorReply> {
-        put(&self.state.jobs, &rec.id.to_string(), rec).await
+        put_patiently(&self.state.jobs, &rec.id.to_string(), rec).await
     }
 
     pub(crate) async fn load_job(&self, id: &JobId) -> Result<Option<JobRecord>, ErrorReply> {
@@ -116,7 +160,7 @@ impl Scheduler {
     }
 
     pub(crate) async fn put_catalog(&self, info: &SnapshotInfo) -> Result<(), ErrorReply> {
-        put(&self.state.snapshots, &info.id.0, info).await
+        put_patiently(&self.state.snapshots, &info.id.0, info).await
     }
 
     pub(crate) async fn catalog_entry(&self, id: &SnapshotId) -> Result<SnapshotInfo, ErrorReply> {

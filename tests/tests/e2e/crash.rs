@@ -104,7 +104,8 @@ async fn kill_at(
         stack.open_windows().await.unwrap().is_empty(),
         "killed after {step:?}: a window stayed open"
     );
-    assert!(rec.open_windows.is_empty() && !rec.prepared);
+    // The pre hook ran and the post hook was asked for, as the events say.
+    assert!(rec.open_windows.is_empty() && rec.prepared && rec.finished);
     let (events, _) = stack.wait_job(job).await.unwrap();
     let k = kinds(&events);
     assert!(k.contains(&"resumed"), "killed after {step:?}: {k:?}");

@@ -21,6 +21,8 @@ pub struct NatsServer {
     secure: Option<Secure>,
     base: String,
     reloads: usize,
+    binary: PathBuf,
+    netns: Option<String>,
 }
 
 /// Where a server listens, for tests across network namespaces.
@@ -80,6 +82,8 @@ impl NatsServer {
                         secure: options.secure.clone(),
                         base,
                         reloads: 0,
+                        binary,
+                        netns: options.netns.clone(),
                     });
                 }
                 Err(e) => last = Some(e),
@@ -124,51 +128,46 @@ impl NatsServer {
             .unwrap_or("");
         std::fs::write(&conf, format!("{base}{auth}"))?;
         let log = dir.join(format!("nats-{port}.log"));
-        let out = std::fs::File::create(&log)?;
-        let mut command = match &options.netns {
-            None => Command::new(binary),
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(binary);
-                c
-            }
-        };
-        let mut child = command
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
         let url = format!("nats://{}", host_port(host, port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "nats-server exited with {status}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            let connect = match &options.secure {
-                None => async_nats::ConnectOptions::new(),
-                Some(s) => s.client.options(),
-            };
-            if let Ok(client) = connect.connect(&url).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return Ok((child, log, base));
-                }
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!(
-                    "nats-server on port {port} did not become ready; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let child = launch(
+            binary,
+            &conf,
+            &log,
+            options.netns.as_deref(),
+            &url,
+            options.secure.as_ref(),
+        )
+        .await?;
+        Ok((child, log, base))
+    }
+
+    /// Stops the server (SIGKILL when `kill`, else SIGTERM), keeps it down
+    /// for `down`, and starts it again on the same port with the same
+    /// configuration and JetStream store; returns once JetStream answers.
+    pub async fn restart(&mut self, down: Duration, kill: bool) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let signal = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            child.wait()?;
         }
+        tokio::time::sleep(down).await;
+        let conf = self.dir.path().join("nats.conf");
+        self.child = Some(
+            launch(
+                &self.binary,
+                &conf,
+                &self.log,
+                self.netns.as_deref(),
+                &self.url(),
+                self.secure.as_ref(),
+            )
+            .await?,
+        );
+        // A reload count starts again with the new process's log lines.
+        self.reloads = self.log().matches("Reloaded server configuration").count();
+        Ok(())
     }
 
     /// `nats://<connect host>:<port>` (`127.0.0.1` unless set in [`NatsOptions`]).
@@ -248,6 +247,65 @@ impl Drop for NatsServer {
         if std::thread::panicking() {
             eprintln!("---- nats-server log ({}) ----\n{}", self.url(), self.log());
         }
+    }
+}
+
+/// Starts the server with `conf`, its output appended to `log`, and waits
+/// until JetStream answers at `url`.
+async fn launch(
+    binary: &Path,
+    conf: &Path,
+    log: &Path,
+    netns: Option<&str>,
+    url: &str,
+    secure: Option<&Secure>,
+) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut command = match netns {
+        None => Command::new(binary),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary);
+            c
+        }
+    };
+    let mut child = command
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited with {status}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let connect = match secure {
+            None => async_nats::ConnectOptions::new(),
+            Some(s) => s.client.options(),
+        };
+        if let Ok(client) = connect.connect(url).await {
+            let js = async_nats::jetstream::new(client);
+            if js.query_account().await.is_ok() {
+                return Ok(child);
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "nats-server at {url} did not become ready; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

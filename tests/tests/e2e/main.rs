@@ -19,6 +19,9 @@
 //! - `suspend`: the `suspend` kind stops a writer for the transfer; the
 //!   agent's deadline continues it when the scheduler is gone.
 //! - `events`: a late subscriber reads a whole job; systems run one at a time.
+//! - `faults`: a nats-server restarted at any step of ten jobs, media
+//!   stopped, a silent agent (before and after media's commit), a snapshot
+//!   the catalog lost, and the console's words for hooks.
 //! - `bad_input`: clear errors, and nothing half-written.
 //! - `repository`: corruption found and named, crashes of media survived,
 //!   deduplication scoped per system.
@@ -51,6 +54,7 @@ mod compose;
 mod crash;
 mod dashboard;
 mod events;
+mod faults;
 mod firewall;
 mod hooks;
 mod hostile;

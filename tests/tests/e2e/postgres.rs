@@ -757,6 +757,7 @@ async fn restored_in_place_a_server_comes_up_again_with_the_options_it_was_start
     );
     assert!(pre.contains("stopped") && pre.contains("kept at"), "{pre}");
     let post = finished_output(&events);
+    eprintln!("pre-restore:\n{pre}\npost-restore:\n{post}");
     assert!(post.contains("as before the restore"), "{post}");
     // Where it was, with the restored data.
     assert_eq!(live.sql("SHOW port"), live.port.to_string());
@@ -816,6 +817,7 @@ async fn an_in_place_restore_is_refused_before_anything_stops_when_the_start_is_
     let (events, rec) = stack.wait_job(job).await.unwrap();
     assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}\n{events:#?}");
     let pre = prepared_output(&events);
+    eprintln!("pre-restore:\n{pre}");
     assert!(
         pre.contains("postmaster.opts")
             && pre.contains("Nothing was stopped")

@@ -96,9 +96,18 @@ impl CommandLine {
     }
 }
 
-/// Quotes `arg` for the shell through which `pg_ctl` starts the server.
-fn quote(arg: &str) -> String {
-    format!("'{}'", arg.replace('\'', r"'\''"))
+/// `arg` as one word for a shell (the one through which `pg_ctl` starts
+/// the server), quoted only when it needs to be.
+fn shell_word(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
 }
 
 /// Where a server listens.
@@ -255,16 +264,7 @@ impl Start {
     pub fn shown(&self) -> String {
         self.command
             .iter()
-            .map(|a| {
-                if !a.is_empty()
-                    && a.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+".contains(c))
-                {
-                    a.clone()
-                } else {
-                    quote(a)
-                }
-            })
+            .map(|a| shell_word(a))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -329,7 +329,7 @@ fn pg_ctl(
     if !options.is_empty() {
         let joined = options
             .iter()
-            .map(|o| quote(o))
+            .map(|o| shell_word(o))
             .collect::<Vec<_>>()
             .join(" ");
         command.extend(["-o".to_owned(), joined]);
@@ -417,16 +417,29 @@ mod tests {
                 "-p",
                 "/opt/pg/bin/postgres",
                 "-o",
-                r"'-k' '/run/it'\''s here' '-p' '5433'",
+                r"-k '/run/it'\''s here' -p 5433",
             ]
         );
         assert!(s.as_owner);
         // Nothing recorded: the configuration files only.
-        let s = pg_ctl(&spec, Path::new("/srv/pg"), None, Vec::new());
-        assert_eq!(s.command.len(), 9);
+        let s = Start::of_stopped(&spec, Path::new("/nonexistent/arca/pg"));
         assert_eq!(
             s.shown(),
-            "/opt/pg/bin/pg_ctl start -D /srv/pg -l /srv/pg/arca-start.log -w -t 60"
+            "/opt/pg/bin/pg_ctl start -D /nonexistent/arca/pg -l \
+             /nonexistent/arca/pg/arca-start.log -w -t 60"
         );
+        assert!(s.as_owner);
+        // The operator's command, as it is, run as the agent.
+        let spec = PostgresqlSpec {
+            start_command: Some(
+                ["systemctl", "start", "postgresql@15-main"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            ..spec
+        };
+        let s = Start::of_stopped(&spec, Path::new("/nonexistent/arca/pg"));
+        assert_eq!(s.shown(), "systemctl start postgresql@15-main");
+        assert!(!s.as_owner);
     }
 }

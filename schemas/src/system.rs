@@ -376,12 +376,18 @@ pub struct PostgresqlSpec {
     /// Folder of `pg_ctl`; unset looks it up on `PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<String>,
-    /// Restore only: the command that stops the server (default
-    /// `pg_ctl stop -D <data-directory> -m fast`, run as the directory's owner).
+    /// Restore only: the command that stops the server, run as the agent
+    /// like a hook command (e.g. `systemctl stop postgresql@15-main`).
+    /// Default: `pg_ctl stop -D <data-directory> -m fast`, run as the
+    /// directory's owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_command: Option<Vec<String>>,
-    /// Restore only: the command that starts the server (default
-    /// `pg_ctl start -D <data-directory> -l <log-file>`, run as the directory's owner).
+    /// Restore only: the command that starts the server again, run as the
+    /// agent like a hook command (e.g. `systemctl start
+    /// postgresql@15-main`). Default: `pg_ctl start -D <data-directory>
+    /// -l <log-file>` with the server program and options the running
+    /// server was started with (its `postmaster.opts`, read before it is
+    /// stopped), run as the directory's owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_command: Option<Vec<String>>,
     /// Restore only: where the default start command sends the server's
@@ -669,7 +675,7 @@ unit = "reporting.service"
             .skip(1)
             .map(|b| b.split("```").next().unwrap())
             .collect();
-        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks.len(), 5);
         for b in blocks {
             let f: SystemsFile = toml::from_str(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
             for s in &f.systems {

@@ -22,6 +22,11 @@ use arca_e2e::{AgentUser, Stack, system};
 use arca_schemas::event::{EventDetail, JobEvent};
 use arca_schemas::{Application, JobStatus, PostgresqlSpec, SystemConfig};
 
+/// Settings of every test cluster: small WAL, so that checkpoints happen
+/// during the transfers; no TCP.
+const BASE_SETTINGS: &str =
+    "max_wal_size = 32MB\nmin_wal_size = 32MB\nfsync = off\nlisten_addresses = ''\n";
+
 /// PostgreSQL's programs and the user that runs them.
 struct Pg {
     bin: PathBuf,
@@ -127,12 +132,35 @@ struct Cluster<'a> {
     sock: PathBuf,
     port: u16,
     log: PathBuf,
+    /// Port and socket folder given on the server's command line
+    /// (`pg_ctl start -o '-p PORT -k DIR'`), not in its configuration.
+    on_command_line: bool,
 }
 
 impl<'a> Cluster<'a> {
     /// A new cluster under `root` (initdb), not started.
     fn init(pg: &'a Pg, root: &Path) -> Cluster<'a> {
         let root = pg.folder(root);
+        let data = Cluster::initdb(pg, &root);
+        let c = Cluster::on(pg, data, &root);
+        c.configure(BASE_SETTINGS);
+        c
+    }
+
+    /// A new cluster under `root` (initdb), not started, whose port and
+    /// socket folder are given only on the server's command line: its
+    /// configuration files name neither.
+    fn init_on_command_line(pg: &'a Pg, root: &Path) -> Cluster<'a> {
+        let root = pg.folder(root);
+        let data = Cluster::initdb(pg, &root);
+        let mut c = Cluster::at(pg, data, &root);
+        c.on_command_line = true;
+        c.configure(BASE_SETTINGS);
+        c
+    }
+
+    /// `initdb` of `root/data`.
+    fn initdb(pg: &Pg, root: &Path) -> PathBuf {
         let data = root.join("data");
         let o = pg
             .command("initdb")
@@ -141,16 +169,24 @@ impl<'a> Cluster<'a> {
             .output()
             .unwrap();
         assert!(o.status.success(), "initdb: {o:?}");
-        let c = Cluster::on(pg, data, &root);
-        c.configure(
-            "max_wal_size = 32MB\nmin_wal_size = 32MB\nfsync = off\nlisten_addresses = ''\n",
-        );
-        c
+        data
     }
 
     /// A server to run on an existing data directory, with its socket and
     /// log under `root`.
     fn on(pg: &'a Pg, data: PathBuf, root: &Path) -> Cluster<'a> {
+        let c = Cluster::at(pg, data, root);
+        c.configure(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            c.port,
+            c.sock.display()
+        ));
+        c
+    }
+
+    /// A socket folder and log under `root`, a free port; nothing
+    /// configured.
+    fn at(pg: &'a Pg, data: PathBuf, root: &Path) -> Cluster<'a> {
         let sock = pg.folder(&root.join("sock"));
         let port = arca_testkit::free_port();
         let c = Cluster {
@@ -159,12 +195,8 @@ impl<'a> Cluster<'a> {
             data,
             sock,
             port,
+            on_command_line: false,
         };
-        c.configure(&format!(
-            "port = {}\nunix_socket_directories = '{}'\n",
-            c.port,
-            c.sock.display()
-        ));
         let _ = std::fs::File::create(&c.log);
         std::os::unix::fs::chown(&c.log, Some(pg.uid), Some(pg.gid)).unwrap();
         c
@@ -181,16 +213,16 @@ impl<'a> Cluster<'a> {
 
     /// `pg_ctl start`: Ok when the server accepts connections.
     fn start(&self) -> Result<(), String> {
-        let o = self
-            .pg
-            .command("pg_ctl")
-            .args(["start", "-w", "-t", "300", "-D"])
+        let mut c = self.pg.command("pg_ctl");
+        c.args(["start", "-w", "-t", "300", "-D"])
             .arg(&self.data)
             .arg("-l")
-            .arg(&self.log)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .arg(&self.log);
+        if self.on_command_line {
+            c.arg("-o")
+                .arg(format!("-p {} -k {}", self.port, self.sock.display()));
+        }
+        let o = c.stdin(Stdio::null()).output().unwrap();
         if o.status.success() {
             Ok(())
         } else {
@@ -441,6 +473,7 @@ async fn backups_under_pgbench_restore_to_clusters_that_recover_and_pass_amcheck
 
     let mut bench = live.pgbench();
     let mut last = None;
+    let mut changed_while_read = 0;
     for round in 1..=5 {
         let before = live.balances()[4];
         let checkpoints = live.checkpoints();
@@ -463,6 +496,25 @@ async fn backups_under_pgbench_restore_to_clusters_that_recover_and_pass_amcheck
             "{finished}"
         );
         let snap = rec.snapshot.clone().unwrap();
+        // Files of the data directory written while read are what the
+        // backup mode is for: recovery replays the WAL over them. They are
+        // marked in the snapshot but are no warnings (which would advise
+        // to quiesce the application).
+        let in_data: Vec<_> = rec
+            .file_warnings
+            .iter()
+            .filter(|w| Path::new(&w.path).starts_with(&live.data))
+            .collect();
+        assert!(
+            in_data.is_empty(),
+            "round {round}: warnings for files PostgreSQL's backup mode covers: {in_data:#?}"
+        );
+        let listing = stack.arca(&["ls", &snap.to_string(), live.data.to_str().unwrap()]);
+        assert!(listing.status.success(), "arca ls: {listing:?}");
+        changed_while_read += String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .filter(|l| l.ends_with("(changed while read)"))
+            .count();
 
         let target = work.path().join(format!("restore-{round}"));
         // Kept owners: the copy runs as the cluster's user.
@@ -519,6 +571,9 @@ async fn backups_under_pgbench_restore_to_clusters_that_recover_and_pass_amcheck
     }
     let _ = bench.kill();
     let _ = bench.wait();
+    eprintln!(
+        "{changed_while_read} file(s) of the data directory changed while read in the five backups, without a warning"
+    );
 
     // In place: the pre-restore stops the server and moves its data
     // directory aside, the post-restore starts it on the restored one.
@@ -636,4 +691,157 @@ async fn a_plain_copy_of_a_live_cluster_is_not_claimed_consistent() {
         }
         Err(e) => eprintln!("plain copy: did not start: {e}"),
     }
+}
+
+/// `spec` with a shorter timeout: a server that does not come up fails the
+/// test in a minute, not five.
+fn quick_system(name: &str, pg: &Pg, c: &Cluster) -> SystemConfig {
+    let mut sys = system(name, &[&c.data]);
+    let mut spec = spec(pg, c);
+    spec.timeout_secs = 60;
+    sys.applications = vec![Application::Postgresql(spec)];
+    sys
+}
+
+/// A server whose port and socket folder were given only on its command
+/// line (`pg_ctl start -o '-p PORT -k DIR'`), restored in place, is
+/// started again with those options, from its `postmaster.opts`: it comes
+/// up on the same port and socket, holding the restored data. A bare
+/// `pg_ctl start` would bring it up on the default port and socket, or
+/// not at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn restored_in_place_a_server_comes_up_again_with_the_options_it_was_started_with() {
+    let Some(pg) =
+        postgres("restored_in_place_a_server_comes_up_again_with_the_options_it_was_started_with")
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let live = Cluster::init_on_command_line(&pg, &work.path().join("live"));
+    let conf = std::fs::read_to_string(live.data.join("postgresql.conf")).unwrap();
+    assert!(!conf.contains(live.sock.to_str().unwrap()));
+    live.start().unwrap();
+    live.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('backed up')");
+
+    let mut stack = Stack::start().await.unwrap();
+    stack
+        .load_systems(vec![quick_system("pgcl", &pg, &live)])
+        .await
+        .unwrap();
+    stack.start_agent("pgcl", AgentUser::Same).await.unwrap();
+    let job = stack.backup(&["pgcl"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    live.sql("INSERT INTO t VALUES ('after the backup')");
+
+    let job = stack
+        .restore(rec.snapshot.as_ref().unwrap(), None)
+        .await
+        .unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    let log = live.server_log();
+    assert_eq!(
+        rec.status,
+        JobStatus::Succeeded,
+        "{rec:#?}\n{events:#?}\n{log}"
+    );
+    let pre = prepared_output(&events);
+    assert!(
+        pre.contains("from postmaster.opts") && pre.contains(&format!("port {}", live.port)),
+        "{pre}"
+    );
+    assert!(pre.contains("stopped") && pre.contains("kept at"), "{pre}");
+    let post = finished_output(&events);
+    eprintln!("pre-restore:\n{pre}\npost-restore:\n{post}");
+    assert!(post.contains("as before the restore"), "{post}");
+    // Where it was, with the restored data.
+    assert_eq!(live.sql("SHOW port"), live.port.to_string());
+    assert_eq!(
+        live.sql("SHOW unix_socket_directories"),
+        live.sock.display().to_string()
+    );
+    assert_eq!(live.sql("SELECT string_agg(v, ',') FROM t"), "backed up");
+    assert_eq!(live.sql("SELECT pg_is_in_recovery()"), "f");
+}
+
+/// When the agent cannot tell how the running server was started (its
+/// `postmaster.opts` is gone), an in-place restore is refused before
+/// anything is stopped: the server runs on with its data as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_place_restore_is_refused_before_anything_stops_when_the_start_is_unknown() {
+    let Some(pg) =
+        postgres("an_in_place_restore_is_refused_before_anything_stops_when_the_start_is_unknown")
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let live = Cluster::init_on_command_line(&pg, &work.path().join("live"));
+    live.start().unwrap();
+    live.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('backed up')");
+
+    let mut stack = Stack::start().await.unwrap();
+    stack
+        .load_systems(vec![quick_system("pgno", &pg, &live)])
+        .await
+        .unwrap();
+    stack.start_agent("pgno", AgentUser::Same).await.unwrap();
+    let job = stack.backup(&["pgno"]).await.unwrap()[0];
+    let (_, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded, "{rec:#?}");
+    live.sql("INSERT INTO t VALUES ('after the backup')");
+    std::fs::remove_file(live.data.join("postmaster.opts")).unwrap();
+    let pid = || {
+        std::fs::read_to_string(live.data.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let pid_before = pid();
+
+    let job = stack
+        .restore(rec.snapshot.as_ref().unwrap(), None)
+        .await
+        .unwrap();
+    let (events, rec) = stack.wait_job(job).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Failed, "{rec:#?}\n{events:#?}");
+    let pre = prepared_output(&events);
+    eprintln!("pre-restore:\n{pre}");
+    assert!(
+        pre.contains("postmaster.opts")
+            && pre.contains("Nothing was stopped")
+            && pre.contains("start-command"),
+        "{pre}"
+    );
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("postmaster.opts"),
+        "{rec:#?}"
+    );
+    assert_eq!(rec.stats.bytes, 0, "{rec:#?}");
+    // The same server process, on its data as it was, nothing moved aside.
+    assert_eq!(pid(), pid_before);
+    assert_eq!(
+        live.sql("SELECT string_agg(v, ',' ORDER BY v) FROM t"),
+        "after the backup,backed up"
+    );
+    let aside: Vec<_> = std::fs::read_dir(live.data.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("before-restore"))
+        .collect();
+    assert!(aside.is_empty(), "{aside:?}");
 }

@@ -34,14 +34,22 @@
 //! the redo point to the end of the backup: the server replays it at its
 //! first start, reaches a consistent state at the end-of-backup record and
 //! opens, without a `restore_command`.
+//!
+//! The restore side (the server stopped and started around an in-place
+//! restore) is in `postgresql/restore.rs`; how the running server was
+//! started, read before it is stopped, in `postgresql/start.rs`.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arca_schemas::{JobId, PostgresqlSpec};
 
 use super::Addition;
+
+mod restore;
+mod start;
+
+pub use restore::Restore;
 
 /// What the backup walk does with a path inside a data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +144,14 @@ async fn connect(
         }
     });
     Ok((client, task))
+}
+
+/// `name` in the spec's `bin-dir`, or on `PATH`.
+fn program(spec: &PostgresqlSpec, name: &str) -> String {
+    match &spec.bin_dir {
+        Some(d) => Path::new(d).join(name).display().to_string(),
+        None => name.to_owned(),
+    }
 }
 
 /// The server's own message when there is one (tokio-postgres's Display
@@ -373,284 +389,6 @@ fn segment_range(first: &str, last: &str, segment_size: u64) -> Result<Vec<Strin
     Ok((a..=b)
         .map(|n| format!("{tli:08X}{:08X}{:08X}", n / per_log, n % per_log))
         .collect())
-}
-
-/// The data directory a restore writes: the configured one, or its place
-/// under the restore's target folder.
-fn restored_dir(spec: &PostgresqlSpec, target: Option<&str>) -> PathBuf {
-    let dir = Path::new(&spec.data_directory);
-    match target {
-        Some(t) => Path::new(t).join(dir.strip_prefix("/").unwrap_or(dir)),
-        None => dir.to_path_buf(),
-    }
-}
-
-/// Owner of `dir` (or of its nearest existing ancestor), to run `pg_ctl`
-/// as: PostgreSQL refuses to run as root. `None` when the agent is not
-/// root (it then runs them as itself).
-fn owner(dir: &Path) -> Option<(u32, u32)> {
-    if !rustix::process::geteuid().is_root() {
-        return None;
-    }
-    dir.ancestors()
-        .find_map(|d| std::fs::metadata(d).ok())
-        .map(|md| (md.uid(), md.gid()))
-}
-
-fn program(spec: &PostgresqlSpec, name: &str) -> String {
-    match &spec.bin_dir {
-        Some(d) => Path::new(d).join(name).display().to_string(),
-        None => name.to_owned(),
-    }
-}
-
-async fn run(
-    spec: &PostgresqlSpec,
-    command: Vec<String>,
-    dir: &Path,
-) -> arca_schemas::msg::HookReply {
-    crate::hooks::run_command(&command, &[], spec.timeout_secs, owner(dir)).await
-}
-
-/// True when a server runs on `dir` (`pg_ctl status`).
-async fn running(spec: &PostgresqlSpec, dir: &Path) -> Result<bool, String> {
-    let status = vec![
-        program(spec, "pg_ctl"),
-        "status".to_owned(),
-        "-D".to_owned(),
-        dir.display().to_string(),
-    ];
-    let r = run(spec, status, dir).await;
-    match r.exit_code {
-        Some(0) => Ok(true),
-        Some(3) => Ok(false),
-        _ => Err(format!(
-            "cannot tell whether a server runs on {}: pg_ctl status: {}",
-            dir.display(),
-            r.output.trim()
-        )),
-    }
-}
-
-/// The restore side: what the pre-restore step did, for the post-restore.
-pub struct Restore {
-    spec: PostgresqlSpec,
-    dir: PathBuf,
-    in_place: bool,
-    was_running: bool,
-    moved_aside: Option<PathBuf>,
-}
-
-impl Restore {
-    /// Pre-restore. In place: stops the server (when it runs) and moves
-    /// the data directory aside, since a restore must start from an empty
-    /// directory (files the snapshot lacks, newer WAL above all, would be
-    /// replayed or read). Into a target folder: checks that nothing is
-    /// there yet. The returned `Restore` is kept even when a step failed,
-    /// so that the post-restore can start again a server it stopped.
-    pub async fn prepare(
-        spec: &PostgresqlSpec,
-        job: JobId,
-        target: Option<&str>,
-    ) -> (Option<Restore>, Result<String, String>) {
-        let dir = restored_dir(spec, target);
-        let shown = dir.display().to_string();
-        if target.is_some() {
-            let occupied = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-            let result = if occupied {
-                Err(format!(
-                    "postgresql: {shown} is not empty; restore a data directory into an empty folder"
-                ))
-            } else {
-                Ok(format!(
-                    "postgresql: restoring into {shown}, which is empty; the server of {} is left alone",
-                    spec.data_directory
-                ))
-            };
-            let r = Restore {
-                spec: spec.clone(),
-                dir,
-                in_place: false,
-                was_running: false,
-                moved_aside: None,
-            };
-            return (Some(r), result);
-        }
-        if !dir.exists() {
-            let r = Restore {
-                spec: spec.clone(),
-                dir,
-                in_place: true,
-                was_running: false,
-                moved_aside: None,
-            };
-            return (
-                Some(r),
-                Ok(format!(
-                    "postgresql: {shown} does not exist; nothing to stop"
-                )),
-            );
-        }
-        let was_running = match running(spec, &dir).await {
-            Ok(r) => r,
-            Err(e) => return (None, Err(e)),
-        };
-        let mut r = Restore {
-            spec: spec.clone(),
-            dir: dir.clone(),
-            in_place: true,
-            was_running,
-            moved_aside: None,
-        };
-        let mut out = Vec::new();
-        if was_running {
-            let stop = spec.stop_command.clone().unwrap_or_else(|| {
-                vec![
-                    program(spec, "pg_ctl"),
-                    "stop".to_owned(),
-                    "-D".to_owned(),
-                    shown.clone(),
-                    "-m".to_owned(),
-                    "fast".to_owned(),
-                    "-w".to_owned(),
-                    "-t".to_owned(),
-                    spec.timeout_secs.to_string(),
-                ]
-            });
-            let s = run(spec, stop, &dir).await;
-            out.push(s.output.trim().to_owned());
-            match running(spec, &dir).await {
-                Ok(false) => out.push(format!("postgresql: server on {shown} stopped")),
-                Ok(true) => {
-                    out.push(format!("postgresql: the server on {shown} did not stop"));
-                    return (Some(r), Err(out.join("\n")));
-                }
-                Err(e) => {
-                    out.push(e);
-                    return (Some(r), Err(out.join("\n")));
-                }
-            }
-        } else {
-            out.push(format!("postgresql: no server runs on {shown}"));
-        }
-        let aside = PathBuf::from(format!("{shown}.before-restore-{job}"));
-        match std::fs::rename(&dir, &aside) {
-            Ok(()) => {
-                out.push(format!(
-                    "postgresql: the data directory as it was is kept at {}",
-                    aside.display()
-                ));
-                r.moved_aside = Some(aside);
-                (Some(r), Ok(out.join("\n")))
-            }
-            Err(e) => {
-                out.push(format!(
-                    "postgresql: cannot move {shown} aside to {} ({e}); empty it by hand and restore again",
-                    aside.display()
-                ));
-                (Some(r), Err(out.join("\n")))
-            }
-        }
-    }
-
-    /// Post-restore: starts the server on a data directory restored in
-    /// place (or again, when the restore never began) and waits until it
-    /// accepts connections. One restored into a target folder is left
-    /// stopped: it would share the original's port and socket.
-    pub async fn finish(self, restored: bool) -> Result<String, String> {
-        let shown = self.dir.display().to_string();
-        if !self.in_place {
-            return Ok(format!(
-                "postgresql: restored into {shown}; not started here (it would share the port of \
-                 the server of {}); start it with pg_ctl -D {shown} -o '-p PORT -k SOCKET-DIR' start",
-                self.spec.data_directory
-            ));
-        }
-        let start_again = self.was_running && self.moved_aside.is_none();
-        if !restored && !start_again {
-            return Err(format!(
-                "postgresql: the restore did not complete; the server on {shown} stays stopped{}",
-                match &self.moved_aside {
-                    Some(a) => format!(" (the data directory as it was is at {})", a.display()),
-                    None => String::new(),
-                }
-            ));
-        }
-        if restored && !self.dir.join("PG_VERSION").is_file() {
-            return Err(format!(
-                "postgresql: {shown} holds no PG_VERSION after the restore; not starting a server"
-            ));
-        }
-        let log = self
-            .spec
-            .log_file
-            .clone()
-            .unwrap_or_else(|| format!("{shown}/arca-start.log"));
-        let start = self.spec.start_command.clone().unwrap_or_else(|| {
-            vec![
-                program(&self.spec, "pg_ctl"),
-                "start".to_owned(),
-                "-D".to_owned(),
-                shown.clone(),
-                "-l".to_owned(),
-                log.clone(),
-                "-w".to_owned(),
-                "-t".to_owned(),
-                self.spec.timeout_secs.to_string(),
-            ]
-        });
-        let started = Instant::now();
-        let r = run(&self.spec, start, &self.dir).await;
-        let mut out = vec![r.output.trim().to_owned()];
-        if !r.success {
-            out.push(format!(
-                "postgresql: the start command failed (exit {:?}); the server log is {log}",
-                r.exit_code
-            ));
-            return Err(out.join("\n"));
-        }
-        // Accepting connections is what counts, whatever started it.
-        let deadline = started + Duration::from_secs(self.spec.timeout_secs);
-        loop {
-            let attempt = async {
-                let (client, conn) = connect(&self.spec).await?;
-                let row = client
-                    .query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .map_err(|e| pg_error(&e))?;
-                let in_recovery: bool = row.get(0);
-                drop(client);
-                let _ = conn.await;
-                Ok::<bool, String>(in_recovery)
-            };
-            match attempt.await {
-                Ok(false) => {
-                    out.push(format!(
-                        "postgresql: server on {shown} accepts connections ({:.1}s after the start)",
-                        started.elapsed().as_secs_f64()
-                    ));
-                    return Ok(out.join("\n"));
-                }
-                Ok(true) | Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Ok(true) => {
-                    out.push(format!(
-                        "postgresql: server on {shown} still in recovery after {}s",
-                        self.spec.timeout_secs
-                    ));
-                    return Err(out.join("\n"));
-                }
-                Err(e) => {
-                    out.push(format!(
-                        "postgresql: server on {shown} does not accept connections after {}s: {e}",
-                        self.spec.timeout_secs
-                    ));
-                    return Err(out.join("\n"));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -166,8 +166,9 @@ pub struct Permissions {
 
 /// The agent of `system`: requests to it, its own data subjects on every
 /// media service, its own audit records (of the kinds an agent records,
-/// [`crate::trust::AuditKind::BY_AGENT`], one subject each) and its own
-/// inbox; nothing else, no JetStream.
+/// [`crate::trust::AuditKind::BY_AGENT`], one subject each), the server's
+/// "who am I" ([`SERVER_USER_INFO`]) and its own inbox; nothing else, no
+/// JetStream.
 pub fn agent_permissions(system: &str) -> Permissions {
     let mut publish = vec![format!("arca.media.*.data.{system}.>")];
     publish.extend(
@@ -175,12 +176,39 @@ pub fn agent_permissions(system: &str) -> Permissions {
             .iter()
             .map(|k| audit("agent", system, k.as_str())),
     );
+    publish.push(SERVER_USER_INFO.into());
     Permissions {
         publish,
         subscribe: vec![
             format!("arca.agent.{system}.>"),
             format!("{}.>", agent_inbox_prefix(system)),
         ],
+    }
+}
+
+/// The server's own reports of a client it refused at authentication
+/// (a `client_disconnect` advisory with its reason), published in the
+/// server's system account: `$SYS.SERVER.<server>.CLIENT.AUTH.ERR`.
+pub const SERVER_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
+
+/// The server's reports of a client that connected (a `client_connect`
+/// advisory with its key, name and address), one subject per account:
+/// `$SYS.ACCOUNT.<account>.CONNECT`.
+pub const SERVER_CONNECTS: &str = "$SYS.ACCOUNT.*.CONNECT";
+
+/// The server's answer to "who am I": any client may ask it about itself
+/// (its user and permissions). An agent asks once its subscriptions are
+/// made, as a round trip: by the time the answer arrives the server has
+/// refused them or not.
+pub const SERVER_USER_INFO: &str = "$SYS.REQ.USER.INFO";
+
+/// The scheduler's door watcher, a user of the server's system account:
+/// it may only listen to the server's reports of refused and connected
+/// clients, and publish nothing.
+pub fn door_permissions() -> Permissions {
+    Permissions {
+        publish: Vec::new(),
+        subscribe: vec![SERVER_AUTH_ERRORS.into(), SERVER_CONNECTS.into()],
     }
 }
 

@@ -86,6 +86,16 @@ pub struct SnapshotManifest {
     pub tree: Vec<ChunkId>,
 }
 
+/// Door refusals (see [`AuditKind::DoorRefused`]) of one identity from
+/// one address are recorded at most once per this many seconds; those in
+/// between are counted into the next record's `count`.
+pub const DOOR_RECORD_INTERVAL_SECS: u64 = 60;
+
+/// Door refusal records written per minute at most, over all identities
+/// and addresses: a flood of ever new keys or addresses is counted, not
+/// recorded one by one.
+pub const DOOR_RECORDS_PER_MINUTE: u32 = 30;
+
 /// Version of [`SnapshotManifest`] and [`TokenClaims`].
 pub const TRUST_VERSION: u32 = 1;
 
@@ -132,6 +142,15 @@ pub struct AuditRecord {
     /// Refusals: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Refusals at the door: the client address (as the NATS server saw
+    /// it) a refused connection came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Refusals at the door: how many refusals of this identity from this
+    /// address the record stands for (itself and those not recorded one by
+    /// one since the previous record, see [`DOOR_RECORD_INTERVAL_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// Set by the reader, never by the writer: true when the record is an
     /// agent's own report (it came on `arca.audit.agent.<system>...`), so
     /// what it says is that system's claim, not what a high-trust service
@@ -167,6 +186,12 @@ pub enum AuditKind {
     /// a manifest signature that does not match, a restore onto another
     /// system without the operator's override.
     Refused,
+    /// The NATS server refused a client at the door: a key it does not
+    /// know (not enrolled, or not yet admitted by `arca nats-config`), or
+    /// an enrolled agent key connecting as the agent of another system,
+    /// whose subscriptions the server refuses. Recorded by the scheduler
+    /// from the server's own reports, rate-limited.
+    DoorRefused,
 }
 
 impl AuditKind {
@@ -175,7 +200,9 @@ impl AuditKind {
         AuditKind::Enrolled,
         AuditKind::KeyChanged,
         AuditKind::CrossSystemRestore,
+        AuditKind::PrivilegedRestore,
         AuditKind::Refused,
+        AuditKind::DoorRefused,
     ];
 
     /// The kinds an agent may record about itself (the server lets it
@@ -196,6 +223,7 @@ impl AuditKind {
             AuditKind::CrossSystemRestore => "cross-system-restore",
             AuditKind::PrivilegedRestore => "privileged-restore",
             AuditKind::Refused => "refused",
+            AuditKind::DoorRefused => "door-refused",
         }
     }
 }
@@ -217,6 +245,8 @@ impl AuditRecord {
             previous_key: None,
             subject: None,
             reason: None,
+            address: None,
+            count: None,
             claim: false,
             mismatch: None,
             keep_privileges: false,

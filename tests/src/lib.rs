@@ -277,9 +277,15 @@ impl Stack {
         self.write(name, &format!("{text}\n{sec}"))
     }
 
-    /// Writes the scheduler's configuration.
+    /// Writes the scheduler's configuration, with its door watcher's
+    /// identity.
     fn write_scheduler(&self, text: &str) -> anyhow::Result<PathBuf> {
-        self.write_service("scheduler.toml", text, "scheduler")
+        let door = self.sec.identity_file("door");
+        self.write_service(
+            "scheduler.toml",
+            &format!("{text}\ndoor-identity-file = \"{}\"\n", door.display()),
+            "scheduler",
+        )
     }
 
     /// Admits the agent of `system` to the server (its user, confined to
@@ -472,6 +478,25 @@ impl Stack {
             )
         })
         .await?;
+        Ok(())
+    }
+
+    /// Starts the agent of `system` holding the key of `key_of`'s agent
+    /// (the key derived from that name, admitted to the server or not),
+    /// without waiting for it: for tests of what the server refuses.
+    pub fn spawn_agent_with_key(&mut self, system: &str, key_of: &str) -> anyhow::Result<()> {
+        let config = self.agent_files(system, None)?;
+        let identity = self.dir.path().join(format!("agent-{system}.nk"));
+        security::write_agent_identity(&identity, key_of, None)?;
+        let mut cmd = Command::new(bin_path("arca-agent"));
+        cmd.arg("--config").arg(config);
+        let p = ServiceProcess::spawn_command(
+            &format!("agent-{system}"),
+            cmd,
+            &[("NATS_URL", self.nats.url())],
+            self.dir.path(),
+        )?;
+        self.services.insert(format!("agent-{system}"), p);
         Ok(())
     }
 

@@ -88,6 +88,7 @@ impl Security {
         let router = id("firewall-router")?;
         let other = id("firewall-other")?;
         let operator = id("operator")?;
+        let door = id("door")?;
         let users = Users {
             schedulers: vec![("main".into(), scheduler.public_key())],
             media: vec![("main".into(), media.public_key())],
@@ -99,6 +100,7 @@ impl Security {
             operators: vec![operator.public_key()],
             agents: Vec::new(),
             dashboards: vec![(DASHBOARD.0.into(), DASHBOARD.1.into())],
+            doors: vec![("main".into(), door.public_key())],
         };
         Ok(Security {
             dir,
@@ -109,7 +111,8 @@ impl Security {
     }
 
     /// The identity file of a service (`scheduler`, `media`, `firewall`,
-    /// `firewall-router`, `firewall-other`, `operator`).
+    /// `firewall-router`, `firewall-other`, `operator`, `door`: the
+    /// scheduler's door watcher).
     pub fn identity_file(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.nk"))
     }

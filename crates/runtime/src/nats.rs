@@ -203,6 +203,79 @@ pub async fn connect_with(
     Ok(client)
 }
 
+/// What the server refused on one connection, as its error messages said:
+/// the connection itself (an identity it does not know) and subscriptions
+/// or publications its permissions do not allow. Filled by the
+/// connection's event callback (see [`connect_patiently`]); the server
+/// sends these asynchronously, so a caller learns of a refused
+/// subscription only after a round trip.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    inner: std::sync::Arc<std::sync::Mutex<RefusalsSeen>>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalsSeen {
+    /// Connection attempts refused ("authorization violation").
+    connections: u64,
+    /// Permission violations not yet taken, the latest few.
+    violations: Vec<String>,
+}
+
+/// Permission violations a [`Refusals`] keeps until they are taken.
+const VIOLATIONS_KEPT: usize = 16;
+
+impl Refusals {
+    /// An event callback for a connection that records its refusals here.
+    pub fn callback(
+        &self,
+    ) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
+        let this = self.clone();
+        move |event| {
+            this.note(&event);
+            std::future::ready(())
+        }
+    }
+
+    /// Records `event` when it is a refusal.
+    fn note(&self, event: &async_nats::Event) {
+        use async_nats::{ClientError, Event, ServerError};
+        let mut seen = self.inner.lock().expect("refusals lock");
+        match event {
+            Event::ServerError(ServerError::AuthorizationViolation) => seen.connections += 1,
+            Event::ClientError(ClientError::Other(e)) if is_authorization_refusal(e) => {
+                seen.connections += 1
+            }
+            Event::ServerError(ServerError::Other(e)) if e.contains("Permissions Violation") => {
+                if seen.violations.len() >= VIOLATIONS_KEPT {
+                    seen.violations.remove(0);
+                }
+                seen.violations.push(e.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Connection attempts the server refused so far.
+    pub fn connections(&self) -> u64 {
+        self.inner.lock().expect("refusals lock").connections
+    }
+
+    /// The permission violations reported since the last call, oldest
+    /// first (at most the latest 16).
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.inner.lock().expect("refusals lock").violations)
+    }
+}
+
+/// True for the error async-nats reports when the server refused the
+/// credentials of a connection attempt.
+fn is_authorization_refusal(error: &str) -> bool {
+    error
+        .to_ascii_lowercase()
+        .contains("authorization violation")
+}
+
 /// Connects as `name` and keeps trying, with the same short bounded
 /// back-off as reconnects, until a server answers; then checks its version.
 ///
@@ -210,14 +283,21 @@ pub async fn connect_with(
 /// the agent must be present within seconds of the window opening rather
 /// than exit. Each attempt gives up after a few seconds (a closed window
 /// drops the connection attempt silently). Logs every half minute while it
-/// waits.
+/// waits. A server that answers but refuses the credentials is not a
+/// closed window: that is logged at ERROR with `refused_hint`, which tells
+/// the operator what to do, and the attempts go on (the operator may admit
+/// the key and reload the server). The returned [`Refusals`] go on
+/// recording what the server refuses on the connection.
 pub async fn connect_patiently(
     url: &str,
     name: &str,
     credentials: &Credentials,
-) -> Result<async_nats::Client, NatsError> {
+    refused_hint: &str,
+) -> Result<(async_nats::Client, Refusals), NatsError> {
+    let refusals = Refusals::default();
     let options = credentials
         .apply(async_nats::ConnectOptions::new().name(name))?
+        .event_callback(refusals.callback())
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(3))
         .request_timeout(Some(Duration::from_secs(10)))
@@ -234,10 +314,24 @@ pub async fn connect_patiently(
         })?;
     let started = std::time::Instant::now();
     let mut said = Duration::ZERO;
+    let mut refused_said = 0;
     while client.connection_state() != async_nats::connection::State::Connected
         || client.server_info().version.is_empty()
     {
-        if started.elapsed() >= said + Duration::from_secs(30) {
+        let refused = refusals.connections();
+        if refused > refused_said
+            && (refused_said == 0 || started.elapsed() >= said + Duration::from_secs(30))
+        {
+            // The server answered and refused: not a closed window.
+            refused_said = refused;
+            said = started.elapsed();
+            tracing::error!(
+                %url,
+                refused_attempts = refused,
+                "the NATS server refused this program's credentials (authorization violation): \
+                 {refused_hint}; still trying"
+            );
+        } else if refused == 0 && started.elapsed() >= said + Duration::from_secs(30) {
             said = started.elapsed();
             tracing::info!(
                 %url,
@@ -254,7 +348,7 @@ pub async fn connect_patiently(
             found,
         });
     }
-    Ok(client)
+    Ok((client, refusals))
 }
 
 /// The NATS URL from `NATS_URL`, or the local default.
@@ -273,6 +367,35 @@ mod tests {
         assert!(version_supported("2.15.1"));
         assert!(version_supported("3.0.0-beta"));
         assert!(!version_supported("garbage"));
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_other_events() {
+        use async_nats::{ClientError, Event, ServerError};
+        let r = Refusals::default();
+        r.note(&Event::Disconnected);
+        r.note(&Event::ClientError(ClientError::Other("timed out".into())));
+        r.note(&Event::ClientError(ClientError::Other(
+            "authorization violation".into(),
+        )));
+        r.note(&Event::ServerError(ServerError::AuthorizationViolation));
+        r.note(&Event::ServerError(ServerError::Other(
+            "Permissions Violation for Subscription to \"arca.agent.b.*\"".into(),
+        )));
+        assert_eq!(r.connections(), 2);
+        assert_eq!(
+            r.take_violations(),
+            vec!["Permissions Violation for Subscription to \"arca.agent.b.*\"".to_owned()]
+        );
+        assert!(r.take_violations().is_empty());
+        for i in 0..40 {
+            r.note(&Event::ServerError(ServerError::Other(format!(
+                "Permissions Violation for Publish to \"x{i}\""
+            ))));
+        }
+        let kept = r.take_violations();
+        assert_eq!(kept.len(), VIOLATIONS_KEPT);
+        assert!(kept.last().unwrap().contains("x39"));
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! connection, with client certificates of the deployment's authority.
 //!
 //! [`render`] writes the `authorization` and `tls` blocks, to be included
-//! from the server's main configuration (`include ./arca-auth.conf`).
+//! from the server's main configuration (`include ./arca-auth.conf`), and,
+//! when a scheduler watches the door, an `accounts` block that puts its
+//! door watcher in the server's system account (`$SYS`), where the server
+//! reports the clients it refused. That user may only listen to those
+//! reports; every other user stays in the global account.
 
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -42,6 +46,10 @@ pub struct Users {
     /// Dashboards (read-only access to job events) by user name and
     /// password, for clients without nkey support.
     pub dashboards: Vec<(String, String)>,
+    /// Door watchers of schedulers: (scheduler id, key). Users of the
+    /// system account that may only listen to the server's reports of
+    /// refused and connected clients.
+    pub doors: Vec<(String, String)>,
 }
 
 /// Renders the `authorization` (and, with `tls`, the `tls`) blocks.
@@ -107,6 +115,19 @@ pub fn render(users: &Users, tls: Option<&ServerTls>) -> anyhow::Result<String> 
             Some(subject::agent_permissions(system)),
         )?;
     }
+    let mut doors = Vec::new();
+    for (id, key) in &users.doors {
+        name("scheduler id", id)?;
+        anyhow::ensure!(
+            crate::identity::valid_public_key(key),
+            "door watcher of scheduler {id}: {key:?} is not a public user nkey (U..., 56 characters)"
+        );
+        anyhow::ensure!(
+            seen.insert(key.to_owned()),
+            "door watcher of scheduler {id}: key {key} is given to more than one user; every identity needs its own key"
+        );
+        doors.push((id, key));
+    }
     out.push_str("authorization {\n  users = [\n");
     for (user, password) in &users.dashboards {
         name("dashboard user", user)?;
@@ -137,6 +158,18 @@ pub fn render(users: &Users, tls: Option<&ServerTls>) -> anyhow::Result<String> 
         }
     }
     out.push_str("  ]\n}\n");
+    if !doors.is_empty() {
+        let p = subject::door_permissions();
+        out.push_str("accounts {\n  \"$SYS\": {\n    users = [\n");
+        for (id, key) in doors {
+            let _ = writeln!(
+                out,
+                "      # door watcher of scheduler {id}\n      {{ nkey: \"{key}\", permissions: {{ publish: {{ deny: [\">\"] }}, subscribe: {{ allow: {} }} }} }}",
+                list(&p.subscribe)
+            );
+        }
+        out.push_str("    ]\n  }\n}\n");
+    }
     if let Some(t) = tls {
         let _ = write!(
             out,
@@ -177,7 +210,7 @@ mod tests {
         };
         let text = render(&users, None).unwrap();
         assert!(text.contains(&format!(
-            "{{ nkey: \"{a}\", permissions: {{ publish: {{ allow: [\"arca.media.*.data.web01.>\", \"arca.audit.agent.web01.refused\"] }}, subscribe: {{ allow: [\"arca.agent.web01.>\", \"_INBOX_web01.>\"] }}, allow_responses: true }} }}"
+            "{{ nkey: \"{a}\", permissions: {{ publish: {{ allow: [\"arca.media.*.data.web01.>\", \"arca.audit.agent.web01.refused\", \"$SYS.REQ.USER.INFO\"] }}, subscribe: {{ allow: [\"arca.agent.web01.>\", \"_INBOX_web01.>\"] }}, allow_responses: true }} }}"
         )), "{text}");
         let twice = Users {
             agents: vec![("a".into(), a.clone()), ("b".into(), a)],
@@ -189,5 +222,32 @@ mod tests {
             ..Default::default()
         };
         assert!(render(&bad, None).is_err());
+    }
+
+    #[test]
+    fn the_door_watcher_only_listens_in_the_system_account() {
+        let (s, d) = (key(), key());
+        let users = Users {
+            schedulers: vec![("main".into(), s.clone())],
+            doors: vec![("main".into(), d.clone())],
+            ..Default::default()
+        };
+        let text = render(&users, None).unwrap();
+        let accounts = text.find("accounts {").expect("an accounts block");
+        assert!(text.find(&s).unwrap() < accounts, "{text}");
+        assert!(text[accounts..].contains(&format!(
+            "{{ nkey: \"{d}\", permissions: {{ publish: {{ deny: [\">\"] }}, subscribe: {{ allow: [\"$SYS.SERVER.*.CLIENT.AUTH.ERR\", \"$SYS.ACCOUNT.*.CONNECT\"] }} }} }}"
+        )), "{text}");
+        let shared = Users {
+            schedulers: vec![("main".into(), s.clone())],
+            doors: vec![("main".into(), s)],
+            ..Default::default()
+        };
+        assert!(render(&shared, None).is_err());
+        assert!(
+            !render(&Users::default(), None)
+                .unwrap()
+                .contains("accounts")
+        );
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod application;
 pub mod backup;
+pub mod door;
 pub mod hooks;
 pub mod meta;
 pub mod patience;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arca_runtime::identity::Identity;
+use arca_runtime::nats::Refusals;
 use arca_runtime::rpc::{decode_request, respond, verb};
 use arca_runtime::trust::{Gate, TrustError};
 use arca_schemas::error::ErrorReply;
@@ -241,10 +243,29 @@ struct Agent {
 /// The longest a status question waits for its transfer to end.
 const STATUS_WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// Runs the agent until `shutdown` resolves.
+/// How long an agent whose subscriptions the server refused waits before
+/// it subscribes again (the operator may have enrolled its key meanwhile).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs the agent until `shutdown` resolves, on a connection whose
+/// refusals nothing records (see [`run_watched`]).
 pub async fn run(
     config: Config,
     client: Client,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_watched(config, client, Refusals::default(), shutdown).await
+}
+
+/// Runs the agent until `shutdown` resolves. `refusals` records what the
+/// server refuses on `client` ([`arca_runtime::nats::connect_patiently`]
+/// makes both): the agent is ready only once the server accepted its
+/// subscription; while it refuses it, the agent says so at ERROR, with
+/// what to do, and tries again every 30 s.
+pub async fn run_watched(
+    config: Config,
+    client: Client,
+    refusals: Refusals,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     arca_runtime::ensure_name("system name", &config.system)?;
@@ -263,12 +284,34 @@ pub async fn run(
         ended: tokio::sync::Notify::new(),
         config,
     });
-    let mut requests = client
-        .subscribe(subject::agent_all(&agent.config.system))
-        .await?;
-    client.flush().await?;
-    tracing::info!(system = %agent.config.system, "agent ready");
     tokio::pin!(shutdown);
+    let system = agent.config.system.clone();
+    let mut requests = loop {
+        let requests = client.subscribe(subject::agent_all(&system)).await?;
+        let refused = door::refused_subscriptions(&client, &refusals).await;
+        if refused.is_empty() {
+            break requests;
+        }
+        let key = agent.identity.public_key();
+        tracing::error!(
+            %system,
+            %key,
+            refused = ?refused,
+            "the NATS server refused this agent's subscriptions, so no request can reach it; \
+             not ready: {}; subscribing again in {} s",
+            door::not_enrolled_hint(&system, &key),
+            REFUSED_RETRY.as_secs()
+        );
+        drop(requests);
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("agent stopped");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(REFUSED_RETRY) => {}
+        }
+    };
+    tracing::info!(%system, "agent ready");
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

@@ -32,11 +32,15 @@ async fn serve() -> anyhow::Result<()> {
     }
     // Behind a closed firewall window the server is unreachable: keep
     // trying, so that the agent is present soon after the window opens.
-    let client = arca_runtime::nats::connect_patiently(
+    // A server that refuses the key is not a closed window: say what to do.
+    let credentials = config.credentials()?;
+    let key = config.identity()?.public_key();
+    let (client, refusals) = arca_runtime::nats::connect_patiently(
         &args.nats_url,
         &format!("arca-agent-{}", config.system),
-        &config.credentials()?,
+        &credentials,
+        &arca_agent::door::not_enrolled_hint(&config.system, &key),
     )
     .await?;
-    arca_agent::run(config, client, arca_runtime::shutdown::signal()).await
+    arca_agent::run_watched(config, client, refusals, arca_runtime::shutdown::signal()).await
 }

@@ -252,6 +252,11 @@ enum Command {
         /// Operator public key (full access).
         #[arg(long = "operator-key")]
         operators: Vec<String>,
+        /// A scheduler's door watcher as ID=PUBLIC-KEY (the key of its
+        /// `door-identity-file`): a user of the server's system account
+        /// that may only listen to the server's reports of refused clients.
+        #[arg(long = "door-key")]
+        doors: Vec<String>,
         /// Folder made by ops/gen-pki (ca.pem, server.pem, server.key):
         /// TLS on every connection.
         #[arg(long)]
@@ -395,6 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             media,
             firewalls,
             operators,
+            doors,
             tls_dir,
             no_client_certs,
             out,
@@ -405,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 media,
                 firewalls,
                 operators,
+                doors,
                 tls_dir.as_ref(),
                 *no_client_certs,
                 out.as_ref(),

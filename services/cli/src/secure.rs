@@ -61,6 +61,7 @@ pub fn nats_config(
     media: &[String],
     firewalls: &[String],
     operators: &[String],
+    doors: &[String],
     tls_dir: Option<&PathBuf>,
     no_client_certs: bool,
     out: Option<&PathBuf>,
@@ -81,6 +82,10 @@ pub fn nats_config(
         operators: operators.to_vec(),
         agents: Vec::new(),
         dashboards: Vec::new(),
+        doors: doors
+            .iter()
+            .map(|s| pair("door-key", s))
+            .collect::<Result<_, _>>()?,
     };
     for file in systems {
         let text = std::fs::read_to_string(file)
@@ -166,6 +171,8 @@ fn line(r: &AuditRecord) -> String {
     field("key", r.key.clone());
     field("previous-key", r.previous_key.clone());
     field("subject", r.subject.clone());
+    field("address", r.address.clone());
+    field("count", r.count.map(|n| n.to_string()));
     field("reason", r.reason.as_ref().map(|s| format!("{s:?}")));
     field(
         "MISMATCH",

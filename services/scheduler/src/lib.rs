@@ -5,6 +5,7 @@
 //! job event.
 
 mod catalog;
+mod door;
 mod job;
 mod queue;
 mod registry;
@@ -116,6 +117,13 @@ pub struct Config {
     /// TLS settings of the NATS connection.
     #[serde(default)]
     pub tls: Option<arca_runtime::nats::TlsFiles>,
+    /// The door watcher's identity (an nkey seed, mode 0600, created when
+    /// missing): a user of the NATS server's system account that may only
+    /// listen to the server's reports of the clients it refused, which the
+    /// scheduler records in the audit stream (`arca nats-config
+    /// --door-key`). Without it refusals at the door are not audited.
+    #[serde(default)]
+    pub door_identity_file: Option<std::path::PathBuf>,
 }
 
 fn default_id() -> String {
@@ -195,6 +203,19 @@ impl Config {
             tls: self.tls.clone(),
             inbox_prefix: None,
         })
+    }
+
+    /// Credentials of the door watcher's connection, when it has an
+    /// identity: that identity and the scheduler's TLS.
+    pub fn door_credentials(&self) -> anyhow::Result<Option<arca_runtime::nats::Credentials>> {
+        let Some(path) = &self.door_identity_file else {
+            return Ok(None);
+        };
+        Ok(Some(arca_runtime::nats::Credentials {
+            identity: Some(arca_runtime::identity::Identity::load_or_create(path)?),
+            tls: self.tls.clone(),
+            inbox_prefix: None,
+        }))
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -283,6 +304,18 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_door(config, client, None, shutdown).await
+}
+
+/// Runs the scheduler until `shutdown` resolves; with `door`, a connection
+/// of the door watcher (see [`Config::door_identity_file`]), it records the
+/// NATS server's refusals in the audit stream.
+pub async fn run_with_door(
+    config: Config,
+    client: Client,
+    door: Option<Client>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     config.check()?;
     let identity = config.identity().map_err(|e| anyhow::anyhow!("{e}"))?;
     let retention = EventsRetention {
@@ -322,6 +355,7 @@ pub async fn run(
         .subscribe(subject::scheduler_all(&sched.config.id))
         .await?;
     client.flush().await?;
+    let door = door.map(|d| tokio::spawn(crate::door::watch(sched.clone(), d)));
     let interrupted = sched.recover().await?;
     tracing::info!(id = %sched.config.id, max_parallel = sched.config.max_parallel, "scheduler ready");
 
@@ -367,6 +401,9 @@ pub async fn run(
         }
     }
     workers.abort();
+    if let Some(d) = door {
+        d.abort();
+    }
     tracing::info!("scheduler stopped");
     Ok(())
 }

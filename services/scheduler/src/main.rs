@@ -28,5 +28,30 @@ async fn main() -> anyhow::Result<()> {
         &config.credentials()?,
     )
     .await?;
-    arca_scheduler::run(config, client, arca_runtime::shutdown::signal()).await
+    // The door watcher is a user of its own: a refusal to admit it leaves
+    // the scheduler at work, with refusals at the door not audited.
+    let door = match config.door_credentials()? {
+        None => {
+            tracing::warn!(
+                "no door-identity-file: refusals of the NATS server are not audited \
+                 (see `arca nats-config --door-key`)"
+            );
+            None
+        }
+        Some(credentials) => {
+            let name = format!("arca-scheduler-{}-door", config.id);
+            match arca_runtime::nats::connect_as(&args.nats_url, &name, &credentials).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "the door watcher cannot connect: refusals of the NATS server are not \
+                         audited (is its key in the server's users, `arca nats-config --door-key`?)"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    arca_scheduler::run_with_door(config, client, door, arca_runtime::shutdown::signal()).await
 }

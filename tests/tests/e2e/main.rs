@@ -31,6 +31,8 @@
 //! - `registry`: `arca system ...`, `arca jobs`, `arca catalog rebuild`.
 //! - `dashboard`: every event of real jobs validated against its JSON
 //!   Schema by a Python client (nats-py).
+//! - `door`: refusals of the NATS server (unknown keys, an agent configured
+//!   as another system) audited, rate-limited, and said by the agent.
 //! - `trust`: agents confined to their own subjects by the server, job
 //!   tokens, signed manifests, cross-system restores, audit, TLS.
 //! - `hostile`: the compromised-system fixture (`Stack::compromised`,
@@ -53,6 +55,7 @@ mod bad_input;
 mod compose;
 mod crash;
 mod dashboard;
+mod door;
 mod events;
 mod faults;
 mod firewall;

@@ -379,14 +379,7 @@ impl Stack {
             nats_host.to_owned()
         };
         let url = format!("nats://{host}:{}", self.nats.port());
-        let p = ServiceProcess::spawn_command(
-            &format!("agent-{system}"),
-            cmd,
-            &[("NATS_URL", url)],
-            self.dir.path(),
-        )?;
-        self.services.insert(format!("agent-{system}"), p);
-        Ok(())
+        self.spawn_agent_process(system, cmd, url)
     }
 
     /// True when the agent of `system` answers a ping within `timeout`.
@@ -463,13 +456,7 @@ impl Stack {
             use std::os::unix::process::CommandExt;
             cmd.uid(65534).gid(65534);
         }
-        let p = ServiceProcess::spawn_command(
-            &format!("agent-{system}"),
-            cmd,
-            &[("NATS_URL", self.nats.url())],
-            self.dir.path(),
-        )?;
-        self.services.insert(format!("agent-{system}"), p);
+        self.spawn_agent_process(system, cmd, self.nats.url())?;
         let _: Pong = rpc::retry(Duration::from_secs(20), || {
             rpc::request(
                 &self.client,
@@ -490,10 +477,21 @@ impl Stack {
         security::write_agent_identity(&identity, key_of, None)?;
         let mut cmd = Command::new(bin_path("arca-agent"));
         cmd.arg("--config").arg(config);
+        self.spawn_agent_process(system, cmd, self.nats.url())
+    }
+
+    /// Runs `cmd` as the agent process of `system`, logging into the
+    /// stack's folder, reaching the server at `url`.
+    fn spawn_agent_process(
+        &mut self,
+        system: &str,
+        cmd: Command,
+        url: String,
+    ) -> anyhow::Result<()> {
         let p = ServiceProcess::spawn_command(
             &format!("agent-{system}"),
             cmd,
-            &[("NATS_URL", self.nats.url())],
+            &[("NATS_URL", url)],
             self.dir.path(),
         )?;
         self.services.insert(format!("agent-{system}"), p);

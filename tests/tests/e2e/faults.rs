@@ -216,17 +216,23 @@ fn progress_times(events: &[JobEvent]) -> Vec<chrono::DateTime<chrono::Utc>> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn media_stopped_for_a_while_holds_the_job_without_progress_events_and_it_then_finishes() {
+/// A stack with one system of `name` whose backup has started and stored
+/// its first chunk, with data enough to outlast that chunk by far.
+async fn busy_backup(name: &str, seed: u64) -> (Stack, tempfile::TempDir, JobId) {
     let mut stack = Stack::start().await.unwrap();
     let src = tempfile::tempdir().unwrap();
-    // Enough to outlast the first chunks by far.
     for i in 0..12u64 {
-        write_pseudo_random(&src.path().join(format!("f{i}")), 16_000_000, i + 7).unwrap();
+        write_pseudo_random(&src.path().join(format!("f{i}")), 16_000_000, i + seed).unwrap();
     }
-    stack.one_system("ms", &[src.path()]).await.unwrap();
-    let job = stack.backup(&["ms"]).await.unwrap()[0];
+    stack.one_system(name, &[src.path()]).await.unwrap();
+    let job = stack.backup(&[name]).await.unwrap()[0];
     stack.wait_first_chunk().await;
+    (stack, src, job)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_stopped_for_a_while_holds_the_job_without_progress_events_and_it_then_finishes() {
+    let (stack, src, job) = busy_backup("ms", 7).await;
     let media = stack.pid("media");
     signal(media, "-STOP");
     let stopped = chrono::Utc::now();
@@ -272,14 +278,7 @@ async fn media_stopped_for_a_while_holds_the_job_without_progress_events_and_it_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_agent_is_noticed_within_its_bound_and_its_window_closed() {
-    let mut stack = Stack::start().await.unwrap();
-    let src = tempfile::tempdir().unwrap();
-    for i in 0..12u64 {
-        write_pseudo_random(&src.path().join(format!("f{i}")), 16_000_000, i + 3).unwrap();
-    }
-    stack.one_system("sa", &[src.path()]).await.unwrap();
-    let job = stack.backup(&["sa"]).await.unwrap()[0];
-    stack.wait_first_chunk().await;
+    let (stack, _src, job) = busy_backup("sa", 3).await;
     let agent = stack.pid("agent-sa");
     signal(agent, "-STOP");
     let stopped = Instant::now();

@@ -437,6 +437,17 @@ fn prepared_output(events: &[JobEvent]) -> String {
         .unwrap_or_default()
 }
 
+/// A temporary folder the cluster's owner (not the test's user) can enter.
+fn work_dir() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    work
+}
+
 /// Where a restore into `target` puts the data directory `data`.
 fn restored(target: &Path, data: &Path) -> PathBuf {
     target.join(data.strip_prefix("/").unwrap())
@@ -449,12 +460,7 @@ async fn backups_under_pgbench_restore_to_clusters_that_recover_and_pass_amcheck
     else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = work_dir();
     let live = Cluster::init(&pg, &work.path().join("live"));
     live.start().unwrap();
     let o = live
@@ -608,12 +614,7 @@ async fn a_plain_copy_of_a_live_cluster_is_not_claimed_consistent() {
     let Some(pg) = postgres("a_plain_copy_of_a_live_cluster_is_not_claimed_consistent") else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = work_dir();
     let live = Cluster::init(&pg, &work.path().join("live"));
     live.start().unwrap();
     let o = live
@@ -716,12 +717,7 @@ async fn restored_in_place_a_server_comes_up_again_with_the_options_it_was_start
     else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = work_dir();
     let live = Cluster::init_on_command_line(&pg, &work.path().join("live"));
     let conf = std::fs::read_to_string(live.data.join("postgresql.conf")).unwrap();
     assert!(!conf.contains(live.sock.to_str().unwrap()));
@@ -779,12 +775,7 @@ async fn an_in_place_restore_is_refused_before_anything_stops_when_the_start_is_
     else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = work_dir();
     let live = Cluster::init_on_command_line(&pg, &work.path().join("live"));
     live.start().unwrap();
     live.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('backed up')");

@@ -1,22 +1,22 @@
 //! `arca`, the operator's console: a client of the scheduler.
+//!
+//! This file holds the command line and dispatches each verb to its
+//! group's module under `cmd/`; `render` writes what the verbs print.
 
 mod browse;
+mod cmd;
+mod render;
 mod secure;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arca_runtime::rpc::{self, RpcError};
-use arca_schemas::event::{EventDetail, JobEvent};
-use arca_schemas::job::Trigger;
-use arca_schemas::msg::*;
-use arca_schemas::subject::{self, FirewallVerb, SchedulerVerb};
-use arca_schemas::system::SystemsFile;
-use arca_schemas::{BackupType, JobId, JobRecord, JobStatus, SnapshotId};
+use arca_schemas::msg::RetentionPolicy;
+use arca_schemas::subject::{self, SchedulerVerb};
+use arca_schemas::{JobId, SnapshotId};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 
 /// Operator console of the Arca backup system.
 #[derive(Parser)]
@@ -361,7 +361,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", shown(&format!("{e:#}")));
+            eprintln!("error: {}", render::shown(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -433,150 +433,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .or_else(|| std::env::var("LOGNAME").ok());
     let s = cli.scheduler.as_str();
     match cli.command {
-        Command::Status => {
-            let info = client.server_info();
-            let js = async_nats::jetstream::new(client.clone());
-            let account = js.query_account().await.context(
-                "JetStream does not answer; start nats-server with JetStream enabled (-js)",
-            )?;
-            println!(
-                "nats-server {} at {} (max_payload {} bytes), JetStream: {} streams",
-                info.version, cli.nats_url, info.max_payload, account.streams
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::System(SystemsCommand::Add { file }) => {
-            load_systems(&client, s, &file, LoadMode::Add, "registered").await
-        }
-        Command::System(SystemsCommand::Edit { file }) => {
-            load_systems(&client, s, &file, LoadMode::Replace, "replaced").await
-        }
-        Command::System(SystemsCommand::Load { file }) => {
-            load_systems(&client, s, &file, LoadMode::Upsert, "registered").await
-        }
-        Command::System(SystemsCommand::List) => {
-            let r: ListSystemsReply =
-                call(&client, s, SchedulerVerb::ListSystems, &ListSystems {}).await?;
-            println!(
-                "{:<20} {:<16} {:>4} {:<12} {:<16} {:<28} PATHS",
-                "NAME", "ADDRESS", "PRIO", "MEDIA", "FIREWALLS", "SCHEDULES"
-            );
-            for sys in r.systems {
-                let schedules: Vec<String> = sys
-                    .schedules
-                    .each()
-                    .map(|(t, spec)| format!("{}: {} {}", t.as_str(), spec.cron, spec.time_zone))
-                    .collect();
-                println!(
-                    "{:<20} {:<16} {:>4} {:<12} {:<16} {:<28} {}",
-                    sys.name,
-                    sys.address,
-                    sys.priority,
-                    sys.media,
-                    sys.firewalls.join(","),
-                    if schedules.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        schedules.join("; ")
-                    },
-                    sys.paths.join(" ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::System(SystemsCommand::Show { name, json }) => {
-            let sys: arca_schemas::SystemConfig =
-                call(&client, s, SchedulerVerb::GetSystem, &GetSystem { name }).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&sys)?);
-            } else {
-                let file = SystemsFile { systems: vec![sys] };
-                print!("{}", toml::to_string(&file)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::System(SystemsCommand::Remove { name }) => {
-            let r: SystemRemoved = call(
-                &client,
-                s,
-                SchedulerVerb::RemoveSystem,
-                &RemoveSystem { name },
-            )
-            .await?;
-            println!("removed {}", r.name);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status => cmd::status::run(&client, &cli.nats_url).await,
+        Command::System(command) => cmd::system::run(&client, s, command).await,
         Command::Backup {
             systems,
             full,
             detach,
-        } => {
-            let backup_type = Some(if full {
-                BackupType::Full
-            } else {
-                BackupType::Incremental
-            });
-            let r: JobsStarted = call(
-                &client,
-                s,
-                SchedulerVerb::Backup,
-                &StartBackup {
-                    systems,
-                    backup_type,
-                },
-            )
-            .await?;
-            follow_jobs(&client, r.jobs, detach).await
-        }
-        Command::Cancel { job } => {
-            let job = parse_job(&job)?;
-            let r: JobRecord = call(&client, s, SchedulerVerb::Cancel, &CancelJob { job }).await?;
-            if r.status.is_final() {
-                println!("job {} cancelled", r.id);
-            } else {
-                println!(
-                    "job {} is being cancelled; its clean-up runs now (`arca watch {}` follows it)",
-                    r.id, r.id
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Catalog(CatalogCommand::Rebuild { media }) => {
-            let r: CatalogRebuilt = call(
-                &client,
-                s,
-                SchedulerVerb::RebuildCatalog,
-                &RebuildCatalog { media },
-            )
-            .await?;
-            println!(
-                "catalog rebuilt from {}: {} snapshots ({} added, {} removed)",
-                if r.media.is_empty() {
-                    "no media".to_owned()
-                } else {
-                    r.media.join(", ")
-                },
-                r.snapshots,
-                r.added,
-                r.removed
-            );
-            if !r.unreachable.is_empty() {
-                println!(
-                    "not answering, their entries kept: {}",
-                    r.unreachable.join(", ")
-                );
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd::jobs::backup(&client, s, systems, full, detach).await,
+        Command::Cancel { job } => cmd::jobs::cancel(&client, s, &job).await,
+        Command::Catalog(command) => cmd::repository::catalog(&client, s, command).await,
         Command::Audit {
             since,
             system,
             json,
-        } => {
-            let since = since.as_deref().map(parse_since).transpose()?;
-            secure::audit(&client, since, system.as_deref(), json).await
-        }
+        } => cmd::audit::run(&client, since, system, json).await,
         Command::Identity { .. } | Command::NatsConfig { .. } => unreachable!("handled above"),
         Command::Restore {
             snapshot,
@@ -588,24 +458,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_privileges,
             detach,
         } => {
-            let snapshot = parse_snapshot(&snapshot)?;
-            let filter = arca_schemas::PathFilter { include, exclude };
-            let r: JobsStarted = call(
+            cmd::jobs::restore(
                 &client,
                 s,
-                SchedulerVerb::Restore,
-                &StartRestore {
-                    snapshot,
-                    target,
-                    filter,
-                    to_system,
-                    allow_cross_system,
-                    operator,
-                    keep_privileges,
-                },
+                snapshot,
+                target,
+                include,
+                exclude,
+                to_system,
+                allow_cross_system,
+                operator,
+                keep_privileges,
+                detach,
             )
-            .await?;
-            follow_jobs(&client, r.jobs, detach).await
+            .await
         }
         Command::Ls {
             snapshot,
@@ -624,148 +490,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { from, to } => {
             browse::diff(&client, s, &parse_snapshot(&from)?, &parse_snapshot(&to)?).await
         }
-        Command::Watch { job } => {
-            let job = parse_job(&job)?;
-            follow_jobs(&client, vec![job], false).await
-        }
+        Command::Watch { job } => cmd::jobs::watch(&client, &job).await,
         Command::Jobs {
             system,
             since,
             json,
-        } => {
-            let since = since.as_deref().map(parse_since).transpose()?;
-            let r: ListJobsReply = call(
-                &client,
-                s,
-                SchedulerVerb::ListJobs,
-                &ListJobs { system, since },
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r.jobs)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<36} {:<20} {:<16} {:<10} {:<20} {:>9} {:>7} {:>10} SNAPSHOT",
-                "JOB", "KIND", "SYSTEM", "STATUS", "CREATED", "DURATION", "FILES", "SIZE"
-            );
-            for j in r.jobs {
-                let end = j.ended.unwrap_or_else(chrono::Utc::now);
-                let kind = match (j.kind, j.backup_type) {
-                    (arca_schemas::JobKind::Backup, Some(t)) => format!("backup {}", t.as_str()),
-                    (arca_schemas::JobKind::Backup, None) => "backup".to_owned(),
-                    (arca_schemas::JobKind::Restore, _) => "restore".to_owned(),
-                };
-                let kind = match j.trigger {
-                    Trigger::Schedule => format!("{kind} (sched)"),
-                    Trigger::Operator => kind,
-                };
-                println!(
-                    "{:<36} {:<20} {:<16} {:<10} {:<20} {:>9} {:>7} {:>10} {}",
-                    j.id,
-                    kind,
-                    j.system,
-                    status_word(j.status),
-                    j.created.format("%Y-%m-%d %H:%M:%S"),
-                    duration((end - j.created).num_seconds().max(0) as u64),
-                    j.stats.files,
-                    arca_schemas::text::human_bytes(j.stats.bytes),
-                    j.snapshot.map(|s| s.0).unwrap_or_else(|| "-".into())
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Job { job } => {
-            let job = parse_job(&job)?;
-            let r: JobRecord = call(&client, s, SchedulerVerb::GetJob, &GetJob { job }).await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd::jobs::list(&client, s, system, since, json).await,
+        Command::Job { job } => cmd::jobs::show(&client, s, &job).await,
         Command::Snapshots { system, json } => {
-            let r: ListSnapshotsReply = call(
-                &client,
-                s,
-                SchedulerVerb::ListSnapshots,
-                &ListSnapshots { system },
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r.snapshots)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<16} {:<16} {:<20} {:>8} {:>14} {:>6} PATHS",
-                "ID", "SYSTEM", "TIME", "FILES", "BYTES", "ERRORS"
-            );
-            for sn in r.snapshots {
-                println!(
-                    "{:<16} {:<16} {:<20} {:>8} {:>14} {:>6} {}",
-                    sn.id.0,
-                    sn.system,
-                    sn.time.format("%Y-%m-%d %H:%M:%S"),
-                    sn.stats.files,
-                    sn.stats.bytes,
-                    sn.file_errors.len(),
-                    sn.paths.join(" ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            cmd::repository::snapshots(&client, s, system, json).await
         }
         Command::Verify {
             read_data,
             subset,
             media,
             json,
-        } => {
-            let req = VerifyRepository {
-                read_data,
-                subset_percent: subset.unwrap_or(100),
-            };
-            let r: VerifyReport = rpc::request_with_timeout(
-                &client,
-                subject::media(&media, subject::MediaVerb::Verify),
-                &req,
-                Duration::from_secs(24 * 3600),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "{} snapshots, {} packs, {} chunks read and hashed",
-                    r.snapshots, r.packs, r.chunks_read
-                );
-                for p in &r.problems {
-                    println!(
-                        "problem in {}: {}{}",
-                        p.system,
-                        p.chunk.map(|c| format!("chunk {c}: ")).unwrap_or_default(),
-                        shown(&p.error)
-                    );
-                    if !p.snapshots.is_empty() {
-                        let ids: Vec<String> = p.snapshots.iter().map(|s| s.to_string()).collect();
-                        println!("  snapshots: {}", ids.join(" "));
-                    }
-                    for f in &p.files {
-                        println!("  file: {}", shown(f));
-                    }
-                }
-                if r.problems.is_empty() {
-                    println!("no problems found");
-                } else {
-                    println!(
-                        "{} problems found; `arca repair index` rebuilds a lost or damaged index, damaged data needs the next backup of the files named",
-                        r.problems.len()
-                    );
-                }
-            }
-            Ok(if r.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        } => cmd::repository::verify(&client, read_data, subset, &media, json).await,
         Command::Forget {
             system,
             keep_last,
@@ -784,138 +524,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_monthly,
                 keep_yearly,
             };
-            if policy.is_empty() {
-                bail!("name at least one --keep-* rule; a policy that keeps nothing is refused");
-            }
-            let r: ForgetReply = call(
-                &client,
-                s,
-                SchedulerVerb::Forget,
-                &ForgetSnapshots {
-                    system,
-                    policy,
-                    dry_run,
-                },
-            )
-            .await?;
-            let verb = if dry_run { "would forget" } else { "forgot" };
-            for id in &r.kept {
-                println!("keep   {id}");
-            }
-            for id in &r.forgotten {
-                println!("{verb} {id}");
-            }
-            println!("{} kept, {} {verb}", r.kept.len(), r.forgotten.len());
-            Ok(ExitCode::SUCCESS)
+            cmd::repository::forget(&client, s, system, policy, dry_run).await
         }
-        Command::Prune { media, dry_run } => {
-            let r: PruneReport = rpc::request_with_timeout(
-                &client,
-                subject::media(&media, subject::MediaVerb::Prune),
-                &PruneRepository { dry_run },
-                Duration::from_secs(24 * 3600),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
-            println!(
-                "{}{} packs deleted, {} repacked, {} chunks removed, {:.1} MiB -> {:.1} MiB",
-                if dry_run { "dry run: " } else { "" },
-                r.packs_deleted,
-                r.packs_repacked,
-                r.chunks_removed,
-                r.bytes_before as f64 / 1048576.0,
-                r.bytes_after as f64 / 1048576.0
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Repair(RepairCommand::Index { media }) => {
-            let r: RepairIndexReply = rpc::request_with_timeout(
-                &client,
-                subject::media(&media, subject::MediaVerb::RepairIndex),
-                &RepairIndex {},
-                Duration::from_secs(24 * 3600),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("media {media:?}: {e}"))?;
-            println!("index rebuilt: {} packs, {} chunks", r.packs, r.chunks);
-            for d in &r.damaged {
-                println!("damaged: {}", shown(d));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Firewall(FirewallCommand::Status { mut firewalls }) => {
-            if firewalls.is_empty() {
-                let r: ListSystemsReply =
-                    call(&client, s, SchedulerVerb::ListSystems, &ListSystems {}).await?;
-                let mut ids: Vec<String> =
-                    r.systems.into_iter().flat_map(|s| s.firewalls).collect();
-                ids.sort();
-                ids.dedup();
-                if ids.is_empty() {
-                    println!("no registered system names a firewall controller");
-                }
-                firewalls = ids;
-            }
-            for fw in firewalls {
-                let r: Result<FirewallStatusReply, RpcError> = rpc::request(
-                    &client,
-                    subject::firewall(&fw, FirewallVerb::Status),
-                    &FirewallStatus {},
-                )
-                .await;
-                match r {
-                    Ok(st) => {
-                        println!(
-                            "{} (backend {}), guarded ports {:?}",
-                            st.firewall, st.backend, st.ports
-                        );
-                        if st.windows.is_empty() {
-                            println!("  no window open");
-                        }
-                        for w in st.windows {
-                            let left = (w.expires - chrono::Utc::now()).num_seconds().max(0);
-                            println!(
-                                "  open for {} ({}) job {}, lease {}s left",
-                                w.system, w.address, w.job, left
-                            );
-                        }
-                    }
-                    Err(e) => println!("{fw}: not answering ({e})"),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Prune { media, dry_run } => cmd::repository::prune(&client, &media, dry_run).await,
+        Command::Repair(command) => cmd::repository::repair(&client, command).await,
+        Command::Firewall(command) => cmd::firewall::run(&client, s, command).await,
     }
-}
-
-async fn load_systems(
-    client: &async_nats::Client,
-    scheduler: &str,
-    file: &std::path::Path,
-    mode: LoadMode,
-    done: &str,
-) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let parsed: SystemsFile =
-        toml::from_str(&text).with_context(|| format!("{} is invalid", file.display()))?;
-    if parsed.systems.is_empty() {
-        bail!("{} defines no [[system]]", file.display());
-    }
-    let r: LoadSystemsReply = call(
-        client,
-        scheduler,
-        SchedulerVerb::LoadSystems,
-        &LoadSystems {
-            systems: parsed.systems,
-            mode,
-        },
-    )
-    .await?;
-    for name in r.stored {
-        println!("{done} {name}");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// An RFC 3339 time, or a span back from now (`90m`, `12h`, `7d`).
@@ -929,233 +543,6 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(chrono::Utc::now() - chrono::Duration::from_std(span)?)
 }
 
-fn duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 fn parse_job(s: &str) -> anyhow::Result<JobId> {
     JobId::parse(s).with_context(|| format!("{s:?} is not a job id (see `arca jobs`)"))
-}
-
-fn status_word(s: JobStatus) -> &'static str {
-    match s {
-        JobStatus::Queued => "queued",
-        JobStatus::Running => "running",
-        JobStatus::Succeeded => "succeeded",
-        JobStatus::Partial => "partial",
-        JobStatus::Failed => "failed",
-        JobStatus::Cancelled => "cancelled",
-    }
-}
-
-/// Prints each job's events until it ends; the exit code says whether
-/// every job succeeded.
-async fn follow_jobs(
-    client: &async_nats::Client,
-    jobs: Vec<JobId>,
-    detach: bool,
-) -> anyhow::Result<ExitCode> {
-    if detach {
-        for j in jobs {
-            println!("{j}");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let js = async_nats::jetstream::new(client.clone());
-    let mut worst = ExitCode::SUCCESS;
-    for job in jobs {
-        println!("job {job}");
-        let mut events = Box::pin(arca_runtime::events::follow(&js, job).await?);
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(3600), events.next()).await;
-            let Ok(Some(event)) = next else {
-                bail!("no more events from job {job}; `arca job {job}` shows its state");
-            };
-            let event = event?;
-            print_event(&event);
-            if let EventDetail::Ended { status, .. } = event.detail {
-                if status != JobStatus::Succeeded {
-                    worst = ExitCode::from(1);
-                }
-                break;
-            }
-        }
-    }
-    Ok(worst)
-}
-
-fn print_event(e: &JobEvent) {
-    let t = e.time.format("%H:%M:%S");
-    let line = match &e.detail {
-        EventDetail::Selected {
-            backup_type,
-            trigger,
-            ..
-        } => format!(
-            "selected {}{} of {}{}",
-            backup_type
-                .map(|t| format!("{} ", t.as_str()))
-                .unwrap_or_default(),
-            format!("{:?}", e.job_kind).to_lowercase(),
-            e.system,
-            if *trigger == Trigger::Schedule {
-                " (scheduled)"
-            } else {
-                ""
-            }
-        ),
-        EventDetail::WindowOpened {
-            firewall,
-            backend,
-            address,
-            ..
-        } => {
-            format!("window opened on {firewall} ({backend}) for {address}")
-        }
-        EventDetail::WindowRenewed { firewall, expires } => format!(
-            "window renewed on {firewall} until {}",
-            expires.format("%H:%M:%S")
-        ),
-        EventDetail::AgentPresent { version } => format!("agent present (version {version})"),
-        EventDetail::Prepared {
-            phase,
-            ran,
-            success,
-            exit_code,
-            output,
-        } => hook_line(phase, *ran, *success, *exit_code, output),
-        EventDetail::Progress {
-            stats,
-            bytes_per_sec,
-            current,
-        } => format!(
-            "progress: {} files, {:.1} MiB, {:.1} MiB/s{}",
-            stats.files,
-            stats.bytes as f64 / 1048576.0,
-            bytes_per_sec / 1048576.0,
-            current
-                .as_ref()
-                .map(|c| format!(", at {c}"))
-                .unwrap_or_default()
-        ),
-        EventDetail::FileFailed { file } => format!("file failed: {}: {}", file.path, file.error),
-        EventDetail::FileWarning { file } => format!("warning: {}: {}", file.path, file.error),
-        EventDetail::Transferred {
-            stats,
-            snapshot,
-            seconds,
-        } => format!(
-            "transferred {} files, {:.1} MiB in {:.1}s ({} new chunks, {:.1} MiB on the wire){}",
-            stats.files,
-            stats.bytes as f64 / 1048576.0,
-            seconds,
-            stats.new_chunks,
-            stats.wire_bytes as f64 / 1048576.0,
-            snapshot
-                .as_ref()
-                .map(|s| format!(", snapshot {s}"))
-                .unwrap_or_default()
-        ),
-        EventDetail::Finished {
-            phase,
-            ran,
-            success,
-            exit_code,
-            output,
-        } => hook_line(phase, *ran, *success, *exit_code, output),
-        EventDetail::WindowClosed { firewall } => format!("window closed on {firewall}"),
-        EventDetail::PostHookByAgent {
-            phase,
-            success,
-            exit_code,
-            ..
-        } => format!(
-            "{phase} hook was run by the agent at its deadline, the scheduler being away: {}",
-            hook_outcome(*success, *exit_code)
-        ),
-        EventDetail::SnapshotAdopted { snapshot, media } => format!(
-            "snapshot {snapshot} found on media {media} and recorded for this job (the job had lost contact before recording it)"
-        ),
-        EventDetail::Resumed { step } => {
-            format!("picked up again by a restarted scheduler at step {step:?}")
-        }
-        EventDetail::CancelRequested {} => "cancel requested; cleaning up".to_owned(),
-        EventDetail::StepFailed { step, error } => format!("step {step} failed: {error}"),
-        EventDetail::Ended {
-            status,
-            snapshot,
-            error,
-            seconds,
-            file_errors,
-            file_errors_not_named,
-            ..
-        } => {
-            let mut s = format!("{} after {:.1}s", status_word(*status), seconds);
-            if let Some(sn) = snapshot {
-                s.push_str(&format!(", snapshot {sn}"));
-            }
-            if !file_errors.is_empty() {
-                s.push_str(&format!(
-                    ", {} files not transferred (named above)",
-                    file_errors.len()
-                ));
-            }
-            if *file_errors_not_named > 0 {
-                s.push_str(&format!(
-                    ", {file_errors_not_named} more not transferred (counted, not named)"
-                ));
-            }
-            if let Some(e) = error {
-                s.push_str(&format!(": {e}"));
-            }
-            s
-        }
-    };
-    println!("  {t} {}", shown(&line));
-}
-
-/// Text a system may have written (file names, hook output, messages), fit
-/// for the terminal: control characters escaped, each line of a
-/// multi-line text indented under the event it belongs to.
-fn shown(text: &str) -> String {
-    text.split('\n')
-        .map(|l| arca_schemas::text::escape(l).into_owned())
-        .collect::<Vec<_>>()
-        .join("\n      ")
-}
-
-fn hook_line(
-    phase: &str,
-    ran: bool,
-    success: Option<bool>,
-    exit_code: Option<i32>,
-    output: &str,
-) -> String {
-    if !ran {
-        return format!("{phase}: no hook configured");
-    }
-    let mut s = format!("{phase} hook {}", hook_outcome(success, exit_code));
-    let out = output.trim();
-    if !out.is_empty() {
-        s.push_str(&format!(": {}", out.lines().last().unwrap_or("")));
-    }
-    s
-}
-
-/// How a hook ended, in words: an application step has no exit status,
-/// and a command killed by a signal or its timeout has none either.
-fn hook_outcome(success: Option<bool>, exit_code: Option<i32>) -> String {
-    match (success, exit_code) {
-        (Some(true), Some(c)) => format!("succeeded (exit {c})"),
-        (Some(true), None) => "succeeded".to_owned(),
-        (Some(false), Some(c)) => format!("failed (exit {c})"),
-        (Some(false), None) => "failed (no exit status: killed, or it timed out)".to_owned(),
-        // Events written before `success` was recorded.
-        (None, Some(c)) => format!("exited {c}"),
-        (None, None) => "ended without an exit status".to_owned(),
-    }
 }

@@ -172,3 +172,46 @@ pub struct TreeBatch {
     /// Nodes in walk order.
     pub nodes: Vec<Node>,
 }
+
+/// The order of two node paths as `std::path::Path` orders them (component
+/// by component), for paths as a backup's walk makes them (no `.`, no
+/// doubled or trailing `/`): bytes in order, with `/` before any other
+/// byte. A snapshot's tree is in this order.
+pub fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.iter().map(key).cmp(b.iter().map(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_ordered_as_components_are() {
+        let paths: &[&str] = &[
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/a-b",
+            "/a.b",
+            "/a/b-c",
+            "/a/b.c",
+            "/a/bc",
+            "/ab",
+            "/a b",
+            "/a/\u{e9}",
+            "/z",
+            "/a/b/c/d-e/f",
+            "/a/b/c/d/e",
+        ];
+        for a in paths {
+            for b in paths {
+                assert_eq!(
+                    path_order(a.as_bytes(), b.as_bytes()),
+                    std::path::Path::new(a).cmp(std::path::Path::new(b)),
+                    "{a} vs {b}"
+                );
+            }
+        }
+    }
+}

@@ -29,7 +29,7 @@ struct Pending {
 
 impl Ord for Pending {
     fn cmp(&self, other: &Pending) -> std::cmp::Ordering {
-        crate::backup::path_order(&self.path, &other.path).then(self.dev.cmp(&other.dev))
+        arca_schemas::tree::path_order(&self.path, &other.path).then(self.dev.cmp(&other.dev))
     }
 }
 

@@ -66,6 +66,13 @@ pub fn print_event(e: &JobEvent) {
             success,
             exit_code,
             output,
+        }
+        | EventDetail::Finished {
+            phase,
+            ran,
+            success,
+            exit_code,
+            output,
         } => hook_line(phase, *ran, *success, *exit_code, output),
         EventDetail::Progress {
             stats,
@@ -99,13 +106,6 @@ pub fn print_event(e: &JobEvent) {
                 .map(|s| format!(", snapshot {s}"))
                 .unwrap_or_default()
         ),
-        EventDetail::Finished {
-            phase,
-            ran,
-            success,
-            exit_code,
-            output,
-        } => hook_line(phase, *ran, *success, *exit_code, output),
         EventDetail::WindowClosed { firewall } => format!("window closed on {firewall}"),
         EventDetail::PostHookByAgent {
             phase,

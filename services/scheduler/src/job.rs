@@ -1468,18 +1468,23 @@ async fn renew_leases(
             )
             .await;
             match r {
+                // Published aside: a publish JetStream is slow to take
+                // (retried for up to 30 s) must not delay the next renewal.
                 Ok(r) => {
-                    arca_runtime::events::publish(
-                        &sched.state.js,
-                        rec.id,
-                        rec.kind,
-                        &rec.system,
-                        EventDetail::WindowRenewed {
-                            firewall: fw.clone(),
-                            expires: r.expires,
-                        },
-                    )
-                    .await
+                    let (s, rec, firewall) = (sched.clone(), rec.clone(), fw.clone());
+                    tokio::spawn(async move {
+                        arca_runtime::events::publish(
+                            &s.state.js,
+                            rec.id,
+                            rec.kind,
+                            &rec.system,
+                            EventDetail::WindowRenewed {
+                                firewall,
+                                expires: r.expires,
+                            },
+                        )
+                        .await
+                    });
                 }
                 Err(RpcError::Remote(e)) if e.code == arca_schemas::ErrorCode::NotFound => {
                     tracing::warn!(job = %rec.id, firewall = %fw, error = %e, "window lost");

@@ -63,12 +63,12 @@ pub enum BackendError {
         table: String,
     },
     /// A listing could not be understood.
-    #[error("cannot read nft's listing of {what}: {message}")]
+    #[error("cannot read nft's listing of {what}: {source}")]
     Parse {
         /// What was listed.
         what: String,
         /// Why it did not parse.
-        message: String,
+        source: crate::nft::ListingError,
     },
 }
 

@@ -17,6 +17,7 @@
 //! the last of them closes. Backend operations are serialised.
 
 pub mod backend;
+pub mod error;
 pub mod nft;
 pub mod reconcile;
 
@@ -26,9 +27,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arca_runtime::rpc::{decode_request, respond, verb};
+use arca_runtime::rpc::{respond, verb};
 use arca_schemas::JobId;
-use arca_schemas::error::{ErrorCode, ErrorReply};
 use arca_schemas::msg::*;
 use arca_schemas::subject::{self, FirewallVerb};
 use async_nats::{Client, Message};
@@ -37,6 +37,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::backend::{Backend, BackendError, NoneBackend, Pair};
+use crate::error::{FirewallError, decode};
 use crate::nft::{NftBackend, NftConfig};
 
 /// Which backend filters packets.
@@ -176,8 +177,9 @@ pub async fn run(
     Ok(())
 }
 
-fn backend_error(e: BackendError) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
+/// A handler's result as the reply on the wire.
+fn answer_with<T>(r: Result<T, FirewallError>) -> Result<T, arca_schemas::error::ErrorReply> {
+    r.map_err(|e| e.to_reply())
 }
 
 impl Controller {
@@ -258,30 +260,29 @@ impl Controller {
 
     async fn handle(&self, client: &Client, msg: Message) {
         match FirewallVerb::parse(verb(&msg.subject)) {
-            Some(FirewallVerb::Open) => respond(client, &msg, self.open(&msg.payload).await).await,
+            Some(FirewallVerb::Open) => {
+                respond(client, &msg, answer_with(self.open(&msg.payload).await)).await
+            }
             Some(FirewallVerb::Renew) => {
-                respond(client, &msg, self.renew(&msg.payload).await).await
+                respond(client, &msg, answer_with(self.renew(&msg.payload).await)).await
             }
             Some(FirewallVerb::Close) => {
-                respond(client, &msg, self.close(&msg.payload).await).await
+                respond(client, &msg, answer_with(self.close(&msg.payload).await)).await
             }
             Some(FirewallVerb::Status) => respond(client, &msg, Ok(self.status())).await,
             None => {
-                let r: Result<(), _> = Err(ErrorReply::bad_request(format!(
-                    "unknown verb in {}",
-                    msg.subject
-                )));
-                respond(client, &msg, r).await
+                let r: Result<(), _> = Err(FirewallError::UnknownVerb(msg.subject.to_string()));
+                respond(client, &msg, answer_with(r)).await
             }
         }
     }
 
-    fn lease(&self, secs: u64) -> Result<Duration, ErrorReply> {
+    fn lease(&self, secs: u64) -> Result<Duration, FirewallError> {
         if secs == 0 || secs > self.config.max_lease_secs {
-            return Err(ErrorReply::bad_request(format!(
-                "lease of {secs}s outside 1..={}s",
-                self.config.max_lease_secs
-            )));
+            return Err(FirewallError::Lease {
+                secs,
+                max: self.config.max_lease_secs,
+            });
         }
         Ok(Duration::from_secs(secs))
     }
@@ -299,20 +300,19 @@ impl Controller {
             .any(|w| w.job != job && w.address == address)
     }
 
-    async fn open(&self, payload: &[u8]) -> Result<WindowReply, ErrorReply> {
-        let req: OpenWindow = decode_request(payload)?;
+    async fn open(&self, payload: &[u8]) -> Result<WindowReply, FirewallError> {
+        let req: OpenWindow = decode(payload)?;
         let lease = self.lease(req.lease_secs)?;
-        let address: IpAddr = req.address.trim().parse().map_err(|_| {
-            ErrorReply::bad_request(format!(
-                "address {:?} of system {} is not an IP address",
-                req.address, req.system
-            ))
-        })?;
+        let address: IpAddr = req
+            .address
+            .trim()
+            .parse()
+            .map_err(|_| FirewallError::Address {
+                address: req.address.clone(),
+                system: req.system.clone(),
+            })?;
         if !subject::valid_token(&req.system) {
-            return Err(ErrorReply::bad_request(format!(
-                "{:?} is not a valid system name",
-                req.system
-            )));
+            return Err(FirewallError::SystemName(req.system));
         }
         let _ops = self.ops.lock().await;
         let previous = self
@@ -327,16 +327,12 @@ impl Controller {
                 && let Ok(old) = prev.address.parse::<IpAddr>()
             {
                 let pairs = self.pairs(old);
-                self.backend(move |b| b.close(&pairs))
-                    .await
-                    .map_err(backend_error)?;
+                self.backend(move |b| b.close(&pairs)).await?;
             }
         }
         let pairs = self.pairs(address);
         let tag = reconcile::tag(&req.job, &req.system);
-        self.backend(move |b| b.open(&pairs, lease, &tag))
-            .await
-            .map_err(backend_error)?;
+        self.backend(move |b| b.open(&pairs, lease, &tag)).await?;
         let expires = Self::expires(lease);
         tracing::info!(
             job = %req.job, system = %req.system, %address, ports = ?self.config.ports,
@@ -354,8 +350,8 @@ impl Controller {
         Ok(self.reply(expires))
     }
 
-    async fn renew(&self, payload: &[u8]) -> Result<WindowReply, ErrorReply> {
-        let req: RenewWindow = decode_request(payload)?;
+    async fn renew(&self, payload: &[u8]) -> Result<WindowReply, FirewallError> {
+        let req: RenewWindow = decode(payload)?;
         let lease = self.lease(req.lease_secs)?;
         let _ops = self.ops.lock().await;
         let w = self
@@ -365,21 +361,14 @@ impl Controller {
             .get(&req.job)
             .cloned()
             .filter(|w| w.expires > Utc::now())
-            .ok_or_else(|| {
-                ErrorReply::not_found(format!(
-                    "no window open for job {} (closed, or its lease ran out)",
-                    req.job
-                ))
-            })?;
+            .ok_or(FirewallError::NoWindow(req.job))?;
         let address: IpAddr = w
             .address
             .parse()
-            .map_err(|_| ErrorReply::internal("stored address does not parse"))?;
+            .expect("a window's address was parsed when it opened");
         let pairs = self.pairs(address);
         let tag = reconcile::tag(&w.job, &w.system);
-        self.backend(move |b| b.open(&pairs, lease, &tag))
-            .await
-            .map_err(backend_error)?;
+        self.backend(move |b| b.open(&pairs, lease, &tag)).await?;
         let expires = Self::expires(lease);
         tracing::debug!(job = %req.job, address = %w.address, lease_secs = lease.as_secs(), "window renewed");
         if let Some(w) = self.windows.lock().expect("windows lock").get_mut(&req.job) {
@@ -388,8 +377,8 @@ impl Controller {
         Ok(self.reply(expires))
     }
 
-    async fn close(&self, payload: &[u8]) -> Result<CloseWindowReply, ErrorReply> {
-        let req: CloseWindow = decode_request(payload)?;
+    async fn close(&self, payload: &[u8]) -> Result<CloseWindowReply, FirewallError> {
+        let req: CloseWindow = decode(payload)?;
         let _ops = self.ops.lock().await;
         let Some(w) = self
             .windows
@@ -404,9 +393,7 @@ impl Controller {
             && let Ok(address) = w.address.parse::<IpAddr>()
         {
             let pairs = self.pairs(address);
-            self.backend(move |b| b.close(&pairs))
-                .await
-                .map_err(backend_error)?;
+            self.backend(move |b| b.close(&pairs)).await?;
         }
         self.windows.lock().expect("windows lock").remove(&req.job);
         tracing::info!(job = %req.job, address = %w.address, backend = self.backend.name(), "window closed");
@@ -456,6 +443,7 @@ mod tests {
     use super::*;
     use crate::backend::Element;
     use arca_schemas::codec;
+    use arca_schemas::error::ErrorCode;
     use std::collections::HashSet;
 
     /// A backend that keeps the open pairs in memory, with their leases.
@@ -546,11 +534,11 @@ mod tests {
             "closing twice succeeds"
         );
         let e = ctl.renew(&renew).await.unwrap_err();
-        assert_eq!(
-            e.code,
-            ErrorCode::NotFound,
-            "a closed window is not renewed"
+        assert!(
+            matches!(e, FirewallError::NoWindow(j) if j == job),
+            "a closed window is not renewed: {e}"
         );
+        assert_eq!(e.to_reply().code, ErrorCode::NotFound);
         assert!(addresses(&rec).is_empty());
     }
 
@@ -566,7 +554,11 @@ mod tests {
                 .open(&open_req(JobId::new(), address, lease))
                 .await
                 .unwrap_err();
-            assert_eq!(e.code, ErrorCode::BadRequest, "{address} {lease}");
+            assert_eq!(
+                e.to_reply().code,
+                ErrorCode::BadRequest,
+                "{address} {lease}"
+            );
         }
         assert!(addresses(&rec).is_empty());
         assert!(ctl.status().windows.is_empty());
@@ -612,10 +604,10 @@ mod tests {
             lease_secs: 30,
         })
         .unwrap();
-        assert_eq!(
-            ctl.renew(&renew).await.unwrap_err().code,
-            ErrorCode::NotFound
-        );
+        assert!(matches!(
+            ctl.renew(&renew).await.unwrap_err(),
+            FirewallError::NoWindow(_)
+        ));
         ctl.expire();
         assert!(ctl.status().windows.is_empty());
     }

@@ -14,10 +14,13 @@ struct Args {
     nats_url: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-firewall");
+    arca_runtime::service_runtime()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let config: arca_firewall::Config = arca_runtime::config::load(&args.config)?;
     let client = arca_runtime::nats::connect_as(
         &args.nats_url,

@@ -102,19 +102,17 @@ pub struct NftConfig {
 
 impl NftConfig {
     /// Checks the names and networks, naming the first one that is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NftConfigError> {
         let t = &self.table;
         let ident = !t.is_empty()
             && t.len() <= 32
             && t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !ident {
-            return Err(format!(
-                "table {t:?}: use 1 to 32 letters, digits or '_', starting with a letter"
-            ));
+            return Err(NftConfigError::Table(t.clone()));
         }
         if self.ports.is_empty() || self.ports.contains(&0) {
-            return Err("ports: name at least one port, each 1 to 65535".into());
+            return Err(NftConfigError::Ports);
         }
         for i in &self.guard_interfaces {
             let ok = !i.is_empty()
@@ -122,18 +120,33 @@ impl NftConfig {
                 && i.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok {
-                return Err(format!("guard-interfaces: {i:?} is not an interface name"));
+                return Err(NftConfigError::Interface(i.clone()));
             }
         }
         for n in &self.guard_networks {
-            parse_network(n).ok_or_else(|| {
-                format!(
-                    "guard-networks: {n:?} is not a network such as 192.0.2.0/24 or 2001:db8::/32"
-                )
-            })?;
+            parse_network(n).ok_or_else(|| NftConfigError::Network(n.clone()))?;
         }
         Ok(())
     }
+}
+
+/// A key of the nftables configuration that cannot be used; the message
+/// names the key and what a valid value looks like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NftConfigError {
+    /// `table` is not an nftables identifier.
+    #[error("table {0:?}: use 1 to 32 letters, digits or '_', starting with a letter")]
+    Table(String),
+    /// `ports` is empty or names port 0.
+    #[error("ports: name at least one port, each 1 to 65535")]
+    Ports,
+    /// An entry of `guard-interfaces` is not an interface name.
+    #[error("guard-interfaces: {0:?} is not an interface name")]
+    Interface(String),
+    /// An entry of `guard-networks` is not a network.
+    #[error("guard-networks: {0:?} is not a network such as 192.0.2.0/24 or 2001:db8::/32")]
+    Network(String),
 }
 
 /// Parses `address/prefix` (or a bare address) into (address, is IPv6).
@@ -281,10 +294,34 @@ pub fn close_script(table: &str, pairs: &[Pair]) -> String {
     s
 }
 
+/// Why a listing of `nft -j` could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListingError {
+    /// Not JSON.
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON without the top-level array nft writes.
+    #[error("no \"nftables\" array")]
+    NoArray,
+    /// A set element that lacks a part of the (address, port) pair.
+    #[error("element without {lacks}: {element}")]
+    Element {
+        /// The part missing.
+        lacks: &'static str,
+        /// The element as listed.
+        element: String,
+    },
+}
+
 /// Reads the elements out of `nft -j list set ...`.
-pub fn parse_elements(json: &str) -> Result<Vec<Element>, String> {
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let items = v["nftables"].as_array().ok_or("no \"nftables\" array")?;
+pub fn parse_elements(json: &str) -> Result<Vec<Element>, ListingError> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let items = v["nftables"].as_array().ok_or(ListingError::NoArray)?;
+    let lacking = |lacks, e: &serde_json::Value| ListingError::Element {
+        lacks,
+        element: e.to_string(),
+    };
     let mut out = Vec::new();
     for item in items {
         let Some(elems) = item["set"]["elem"].as_array() else {
@@ -294,17 +331,17 @@ pub fn parse_elements(json: &str) -> Result<Vec<Element>, String> {
             let inner = &e["elem"];
             let concat = inner["val"]["concat"]
                 .as_array()
-                .ok_or_else(|| format!("element without an (address, port) pair: {e}"))?;
+                .ok_or_else(|| lacking("an (address, port) pair", e))?;
             let address = concat
                 .first()
                 .and_then(|a| a.as_str())
                 .and_then(|a| a.parse::<IpAddr>().ok())
-                .ok_or_else(|| format!("element without an address: {e}"))?;
+                .ok_or_else(|| lacking("an address", e))?;
             let port = concat
                 .get(1)
                 .and_then(|p| p.as_u64())
                 .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| format!("element without a port: {e}"))?;
+                .ok_or_else(|| lacking("a port", e))?;
             out.push(Element {
                 pair: Pair { address, port },
                 expires_in: Duration::from_secs(inner["expires"].as_u64().unwrap_or(0)),
@@ -427,12 +464,10 @@ impl Backend for NftBackend {
         let mut found = Vec::new();
         for set in ["allow4", "allow6"] {
             let json = self.run(&["-j", "list", "set", "inet", table, set], None, "list")?;
-            found.extend(
-                parse_elements(&json).map_err(|message| BackendError::Parse {
-                    what: format!("set {set}"),
-                    message,
-                })?,
-            );
+            found.extend(parse_elements(&json).map_err(|source| BackendError::Parse {
+                what: format!("set {set}"),
+                source,
+            })?);
         }
         Ok(found)
     }
@@ -533,16 +568,26 @@ mod tests {
     fn validation_names_the_field() {
         let mut c = cfg();
         c.table = "arca-x".into();
-        assert!(c.validate().unwrap_err().starts_with("table"));
+        assert!(c.validate().unwrap_err().to_string().starts_with("table"));
         let mut c = cfg();
         c.ports = vec![];
-        assert!(c.validate().unwrap_err().starts_with("ports"));
+        assert!(c.validate().unwrap_err().to_string().starts_with("ports"));
         let mut c = cfg();
         c.guard_interfaces = vec!["a\"b".into()];
-        assert!(c.validate().unwrap_err().starts_with("guard-interfaces"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("guard-interfaces")
+        );
         let mut c = cfg();
         c.guard_networks = vec!["10.0.0.0/33".into()];
-        assert!(c.validate().unwrap_err().starts_with("guard-networks"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("guard-networks")
+        );
     }
 
     #[test]

@@ -506,6 +506,35 @@ impl Stack {
         extra: &str,
         env: &[(&str, String)],
     ) -> anyhow::Result<()> {
+        self.restart_scheduler_as("arca-scheduler", &[], extra, env)
+            .await
+    }
+
+    /// Like [`Stack::restart_scheduler`], with the scheduler's crash hook:
+    /// jobs stop being acted on once `step` (`opening-window`,
+    /// `transferring`, ...) is persisted, so that the test can kill the
+    /// scheduler there (the `arca-scheduler-halting` test binary).
+    pub async fn restart_scheduler_halting(
+        &mut self,
+        extra: &str,
+        step: &str,
+    ) -> anyhow::Result<()> {
+        self.restart_scheduler_as(
+            "arca-scheduler-halting",
+            &["--halt-after", step],
+            extra,
+            &[],
+        )
+        .await
+    }
+
+    async fn restart_scheduler_as(
+        &mut self,
+        binary: &str,
+        args: &[&str],
+        extra: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
         if let Some(p) = self.services.get_mut("scheduler") {
             p.kill();
         }
@@ -517,15 +546,10 @@ impl Stack {
         self.write_scheduler(&format!("{base}{extra}\n"))?;
         let mut all = vec![("NATS_URL", self.nats.url())];
         all.extend(env.iter().cloned());
-        let p = ServiceProcess::spawn(
-            "arca-scheduler",
-            [
-                "--config",
-                self.dir.path().join("scheduler.toml").to_str().unwrap(),
-            ],
-            &all,
-            self.dir.path(),
-        )?;
+        let config = self.dir.path().join("scheduler.toml");
+        let mut argv = vec!["--config", config.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let p = ServiceProcess::spawn(binary, argv, &all, self.dir.path())?;
         self.services.insert("scheduler".to_owned(), p);
         let _: ListSystemsReply = rpc::retry(Duration::from_secs(30), || {
             rpc::request(

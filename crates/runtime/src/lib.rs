@@ -9,6 +9,7 @@ pub mod jetstream;
 pub mod memory;
 pub mod nats;
 pub mod natsconf;
+pub mod peer;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;

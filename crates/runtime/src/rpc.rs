@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arca_schemas::codec::{self, CodecError};
 use arca_schemas::error::{ErrorReply, Reply};
+use arca_schemas::msg::Request;
 use async_nats::Client;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -130,6 +131,44 @@ pub async fn request_with_timeout<Q: Serialize, R: DeserializeOwned>(
     send(client, subject, payload, None, timeout).await
 }
 
+/// Makes the job token of one attempt: called with the subject and the
+/// encoded body, it returns the token to send in the
+/// [`arca_schemas::trust::TOKEN_HEADER`] header (a fresh one per call, so
+/// that a retried request is not a replay).
+pub type Signer = dyn Fn(&str, &[u8]) -> String + Send + Sync;
+
+/// Sends a command and decodes the reply its type names
+/// ([`Request::Reply`]), signed with a job token when `sign` is given.
+pub async fn call<R: Request>(
+    client: &Client,
+    subject: String,
+    body: &R,
+    timeout: Duration,
+    sign: Option<&Signer>,
+) -> Result<R::Reply, RpcError> {
+    match sign {
+        Some(token) => request_signed(client, subject, body, timeout, token).await,
+        None => request_with_timeout(client, subject, body, timeout).await,
+    }
+}
+
+/// [`call`], tried again as [`retry_capped`] does: for `within` after the
+/// first failure, never past `cap`.
+pub async fn call_retried<R: Request>(
+    within: Duration,
+    cap: Option<tokio::time::Instant>,
+    client: &Client,
+    subject: String,
+    body: &R,
+    timeout: Duration,
+    sign: Option<&Signer>,
+) -> Result<R::Reply, RpcError> {
+    retry_capped(within, cap, || {
+        call(client, subject.clone(), body, timeout, sign)
+    })
+    .await
+}
+
 /// Like [`request_with_timeout`], with a job token: `token` is called with
 /// the subject and the encoded body and returns the token to send in the
 /// [`arca_schemas::trust::TOKEN_HEADER`] header (a fresh one per call, so
@@ -139,7 +178,7 @@ pub async fn request_signed<Q: Serialize, R: DeserializeOwned>(
     subject: String,
     body: &Q,
     timeout: Duration,
-    token: &(dyn Fn(&str, &[u8]) -> String + Send + Sync),
+    token: &Signer,
 ) -> Result<R, RpcError> {
     let payload = codec::encode(body).map_err(|source| RpcError::Codec {
         subject: subject.clone(),

@@ -14,14 +14,19 @@ struct Args {
     nats_url: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     arca_runtime::telemetry::init("arca-scheduler");
     let config: arca_scheduler::Config = match &args.config {
         Some(path) => arca_runtime::config::load(path)?,
         None => Default::default(),
     };
+    arca_runtime::service_runtime()?.block_on(serve(args, config))
+}
+
+/// Connects (the door watcher too, when it has an identity) and runs the
+/// scheduler until a signal.
+async fn serve(args: Args, config: arca_scheduler::Config) -> anyhow::Result<()> {
     let client = arca_runtime::nats::connect_as(
         &args.nats_url,
         &format!("arca-scheduler-{}", config.id),

@@ -1,7 +1,8 @@
 //! The scheduler killed with SIGKILL at every step of a backup and of a
-//! restore. A test-only environment variable makes it stop acting right
-//! after persisting the chosen step; the test then kills it, starts it
-//! again without the variable and checks what an operator would: the job
+//! restore. The test binary `arca-scheduler-halting` (the scheduler with
+//! its crash hook, `tests/src/bin/`) stops acting right after persisting
+//! the chosen step; the test then kills it, starts the release
+//! `arca-scheduler` again and checks what an operator would: the job
 //! is final with a reason, the post hook ran exactly once because the pre
 //! hook did, the firewall has no window open, and there is at most one
 //! snapshot for the job (here exactly one: every step resumes). One more
@@ -12,8 +13,6 @@ use std::time::Duration;
 
 use arca_e2e::{AgentUser, Stack, kinds, sh_hook, system};
 use arca_schemas::{JobId, JobStatus, JobStep};
-
-const HALT: &str = "ARCA_SCHEDULER_TEST_HALT_AFTER";
 
 const STEPS: &[JobStep] = &[
     JobStep::Selected,
@@ -79,7 +78,7 @@ async fn kill_at(
     start: impl AsyncFnOnce(&Stack) -> JobId,
 ) -> arca_schemas::JobRecord {
     stack
-        .restart_scheduler("", &[(HALT, step_name(step))])
+        .restart_scheduler_halting("", &step_name(step))
         .await
         .unwrap();
     let job = start(stack).await;
@@ -230,7 +229,7 @@ async fn the_agent_runs_the_post_hook_at_its_deadline_and_the_scheduler_reports_
     stack.start_agent("dl", AgentUser::Same).await.unwrap();
     let deadline = "hook-deadline-secs = 4";
     stack
-        .restart_scheduler(deadline, &[(HALT, step_name(JobStep::Transferring))])
+        .restart_scheduler_halting(deadline, &step_name(JobStep::Transferring))
         .await
         .unwrap();
     let job = stack.backup(&["dl"]).await.unwrap()[0];

@@ -3,8 +3,8 @@
 //! Policy: I/O failures are [`RepoError::Io`] and may succeed on retry (disk
 //! full, transient errors); data that fails its check is
 //! [`RepoError::Corrupt`] and never will; unknown names are `NotFound`.
-
-use arca_schemas::{ErrorCode, ErrorReply};
+//! The reply a request gets for one is made by the media service, which
+//! owns the wire.
 
 /// What went wrong in the repository.
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +53,17 @@ impl RepoError {
             source,
         }
     }
+}
 
-    /// The typed reply for a request that hit this error.
-    pub fn to_reply(&self) -> ErrorReply {
-        let code = match self {
-            RepoError::Io { .. } => ErrorCode::Storage,
-            RepoError::Corrupt { .. } => ErrorCode::Corrupt,
-            RepoError::NotFound(_) => ErrorCode::NotFound,
-            RepoError::Version { .. } | RepoError::Key(_) => ErrorCode::Internal,
+/// A frame that fails to decode is a corrupt chunk (or tree chunk); the
+/// message is the one the frame codec gives.
+impl From<arca_frame::FrameError> for RepoError {
+    fn from(e: arca_frame::FrameError) -> Self {
+        let (what, detail) = match e {
+            arca_frame::FrameError::Corrupt { id, detail } => (format!("chunk {id}"), detail),
+            arca_frame::FrameError::NotATree { id, detail } => (format!("tree chunk {id}"), detail),
+            other => ("chunk".to_owned(), other.to_string()),
         };
-        ErrorReply::new(code, self.to_string())
+        RepoError::Corrupt { what, detail }
     }
 }

@@ -3,8 +3,27 @@
 use std::collections::HashSet;
 
 use arca_schemas::SnapshotId;
-use arca_schemas::msg::RetentionPolicy;
 use chrono::{DateTime, Datelike, Timelike, Utc};
+
+/// Which snapshots to keep; a snapshot kept by any rule is kept. Buckets
+/// (hour, day, ISO week, month, year) are in UTC; in each, the newest
+/// snapshot counts. The repository's own type: the request that carries a
+/// policy converts to it, so the two move apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// The newest N snapshots.
+    pub keep_last: u32,
+    /// The newest snapshot of each of the last N hours that have one.
+    pub keep_hourly: u32,
+    /// Likewise per day.
+    pub keep_daily: u32,
+    /// Likewise per ISO week.
+    pub keep_weekly: u32,
+    /// Likewise per month.
+    pub keep_monthly: u32,
+    /// Likewise per year.
+    pub keep_yearly: u32,
+}
 
 /// Splits snapshots (any order) into (kept, forgotten), each newest first.
 pub fn apply(

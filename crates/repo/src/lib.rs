@@ -1,4 +1,4 @@
-//! The Arca repository on disk, and the chunk frame codec.
+//! The Arca repository on disk.
 //!
 //! `docs/repository-format.md` is the specification; in short:
 //!
@@ -16,19 +16,22 @@
 pub mod crypto;
 pub mod error;
 pub mod forget;
-pub mod frame;
 mod fsutil;
 pub mod pack;
 mod prune;
+pub mod record;
 mod store;
 pub mod verify;
 
 pub use crypto::Keys;
 pub use error::RepoError;
+pub use forget::RetentionPolicy;
 pub use pack::Kind;
+pub use record::{
+    FileErrorV1, SnapshotInfoV1, SnapshotRecord, SnapshotV1, StoredSnapshot, TransferStatsV1,
+};
 pub use store::{
     DEFAULT_PACK_SIZE, FORMAT_VERSION, IndexEntry, OpenReport, RepairReport, Repository,
-    SnapshotRecord,
 };
 
 /// Parses 64 hex digits.

@@ -24,8 +24,8 @@ pub const PACK_MAGIC: [u8; 8] = *b"ARCAPK\x01\x00";
 /// Bytes of a record before its sealed payload.
 pub const RECORD_HEADER: usize = 40;
 /// Largest sealed payload a record may hold: the largest frame any
-/// version ever wrote (64 MiB; [`crate::frame::MAX_TREE_CHUNK`] and
-/// [`crate::frame::MAX_CHUNK`] are smaller now), so that older packs
+/// version ever wrote (64 MiB; [`arca_frame::MAX_TREE_CHUNK`] and
+/// [`arca_frame::MAX_CHUNK`] are smaller now), so that older packs
 /// still scan.
 pub const MAX_SEALED: usize = (64 << 20) + 1024;
 

@@ -12,11 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use arca_schemas::msg::{PruneReport, RetentionPolicy};
+use arca_schemas::msg::PruneReport;
 use arca_schemas::tree::NodeKind;
 use arca_schemas::{ChunkId, SnapshotId};
 
 use crate::RepoError;
+use crate::forget::RetentionPolicy;
 use crate::fsutil::sync_dir;
 use crate::store::Repository;
 

@@ -15,8 +15,9 @@ use arca_schemas::tree::NodeKind;
 use arca_schemas::{ChunkId, SnapshotId};
 
 use crate::RepoError;
-use crate::frame;
-use crate::store::{Repository, SnapshotRecord};
+use crate::record::SnapshotRecord;
+use crate::store::Repository;
+use arca_frame as frame;
 
 impl Repository {
     /// Verifies the repository; `subset_percent` (1..=100) of the packs are
@@ -82,7 +83,7 @@ impl Repository {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_owned();
-            if crate::store::read_index_file(&self.index_path(&system, id)).is_none() {
+            if crate::store::index::read_index_file(&self.index_path(&system, id)).is_none() {
                 report.problems.push(VerifyProblem {
                     system,
                     chunk: None,
@@ -133,7 +134,7 @@ impl Repository {
                 let key = self.chunk_id_key(system);
                 let checked = self
                     .read_record(system, id, *loc)
-                    .and_then(|f| frame::decode(&f, &key, id).map(|_| ()));
+                    .and_then(|f| Ok(frame::decode(&f, &key, id).map(drop)?));
                 if let Err(e) = checked {
                     bad.insert((system.clone(), *id), e.to_string());
                 }

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arca_repo::frame;
+use arca_frame as frame;
 use arca_runtime::rpc::{self, RpcError, decode_request, respond, verb};
 use arca_runtime::trust::manifest_bytes;
 use arca_schemas::msg::*;

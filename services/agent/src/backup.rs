@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arca_repo::frame;
+use arca_frame as frame;
 use arca_runtime::rpc::RpcError;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{

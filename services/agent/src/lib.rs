@@ -336,13 +336,13 @@ fn chunk_params(config: &Config, max_payload: usize) -> backup::ChunkParams {
         max: config.chunk_max,
         level: config.zstd_level,
     };
-    if p.max > arca_repo::frame::MAX_CHUNK {
+    if p.max > arca_frame::MAX_CHUNK {
         tracing::warn!(
             configured = p.max,
-            largest = arca_repo::frame::MAX_CHUNK,
+            largest = arca_frame::MAX_CHUNK,
             "chunk-max is larger than the largest chunk media accepts; using the largest"
         );
-        p.max = arca_repo::frame::MAX_CHUNK;
+        p.max = arca_frame::MAX_CHUNK;
         p.avg = p.avg.min(p.max / 2);
         p.min = p.min.min(p.avg / 2);
     }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arca_schemas::ErrorReply;
+use crate::error::MediaError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::limits;
@@ -55,7 +55,7 @@ impl Fairness {
     }
 
     /// A place for a request of `system`, or the "busy" answer.
-    pub(crate) fn admit(&self, system: &str) -> Result<Admitted, ErrorReply> {
+    pub(crate) fn admit(&self, system: &str) -> Result<Admitted, MediaError> {
         let share = self
             .systems
             .lock()
@@ -96,7 +96,7 @@ mod tests {
         let held: Vec<_> = (0..limits::SYSTEM_IN_FLIGHT)
             .map(|_| f.admit("evil").unwrap())
             .collect();
-        let e = f.admit("evil").err().unwrap();
+        let e = f.admit("evil").err().unwrap().to_reply();
         assert!(e.retryable && e.message.contains("evil"), "{e:?}");
         let other = f.admit("good").unwrap();
         // Turns: the flooding system's are taken, the other's are free.

@@ -7,7 +7,7 @@
 //! each), so that an honest backup or restore never meets one, and each
 //! refusal says which bound was met and what to do.
 
-use arca_schemas::ErrorReply;
+use crate::error::MediaError;
 
 /// Most ids one `get-many` may name (the agent asks for at most 256,
 /// `GET_BATCH_CHUNKS` in its restore).
@@ -15,7 +15,7 @@ pub const MAX_GET_IDS: usize = 1024;
 
 /// Most frame bytes one `get-many` answer may carry, duplicates counted:
 /// within the server's `max_payload` (8 MB). The agent asks for at most
-/// 2 MiB, or one chunk of at most [`arca_repo::frame::MAX_CHUNK`].
+/// 2 MiB, or one chunk of at most [`arca_frame::MAX_CHUNK`].
 pub const MAX_GET_BYTES: u64 = 6 << 20;
 
 /// Most chunks one `put-many` may carry (the agent sends at most 256,
@@ -54,9 +54,9 @@ pub const DEFAULT_SESSION_IDLE_SECS: u64 = 6 * 3600;
 pub const DEFAULT_SESSION_MAX_CHUNKS: usize = 4 << 20;
 
 /// Refuses a request naming more than `max` items.
-pub fn at_most(what: &str, n: usize, max: usize) -> Result<(), ErrorReply> {
+pub fn at_most(what: &str, n: usize, max: usize) -> Result<(), MediaError> {
     if n > max {
-        return Err(ErrorReply::bad_request(format!(
+        return Err(MediaError::BadRequest(format!(
             "refused: {what} names {n} chunks, at most {max} per request; send smaller batches"
         )));
     }
@@ -64,11 +64,10 @@ pub fn at_most(what: &str, n: usize, max: usize) -> Result<(), ErrorReply> {
 }
 
 /// The answer to a request over its system's share of media's work.
-pub fn busy(system: &str, why: &str) -> ErrorReply {
-    ErrorReply::new(
-        arca_schemas::ErrorCode::Unavailable,
-        format!("media is busy ({why}); requests of system {system} wait: try again shortly"),
-    )
+pub fn busy(system: &str, why: &str) -> MediaError {
+    MediaError::Busy(format!(
+        "media is busy ({why}); requests of system {system} wait: try again shortly"
+    ))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use arca_schemas::{ErrorCode, ErrorReply};
+use crate::error::MediaError;
 
 /// Bytes each system holds, for the systems with a quota.
 #[derive(Default)]
@@ -65,7 +65,7 @@ impl Usage {
         system: &str,
         quota: Option<u64>,
         bytes: u64,
-    ) -> Result<Reserved<'_>, ErrorReply> {
+    ) -> Result<Reserved<'_>, MediaError> {
         let Some(quota) = quota else {
             return Ok(Reserved {
                 usage: self,
@@ -76,18 +76,15 @@ impl Usage {
         let mut all = self.bytes.lock().expect("usage lock");
         let used = all.entry(system.to_owned()).or_default();
         if used.saturating_add(bytes) > quota {
-            return Err(ErrorReply::new(
-                ErrorCode::Conflict,
-                format!(
-                    "refused: system {system} holds {} in the repository and its quota is {}; \
+            return Err(MediaError::Conflict(format!(
+                "refused: system {system} holds {} in the repository and its quota is {}; \
                      storing {} more would exceed it. Forget old snapshots and prune \
                      (`arca forget {system} --keep-last N`, then `arca prune`), or raise \
                      the system's quota in the systems file",
-                    arca_schemas::text::human_bytes(*used),
-                    arca_schemas::text::human_bytes(quota),
-                    arca_schemas::text::human_bytes(bytes)
-                ),
-            ));
+                arca_schemas::text::human_bytes(*used),
+                arca_schemas::text::human_bytes(quota),
+                arca_schemas::text::human_bytes(bytes)
+            )));
         }
         *used += bytes;
         Ok(Reserved {
@@ -109,8 +106,8 @@ mod tests {
         let r = u.reserve("s", Some(1000), 100).unwrap();
         drop(r); // the put failed
         u.reserve("s", Some(1000), 100).unwrap().keep(100);
-        let e = u.reserve("s", Some(1000), 1).err().unwrap();
-        assert_eq!(e.code, ErrorCode::Conflict);
+        let e = u.reserve("s", Some(1000), 1).err().unwrap().to_reply();
+        assert_eq!(e.code, arca_schemas::ErrorCode::Conflict);
         assert!(!e.retryable);
         assert!(e.message.contains("system s holds 1000 B"), "{}", e.message);
         assert!(e.message.contains("quota is 1000 B"), "{}", e.message);

@@ -11,8 +11,13 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use arca_schemas::msg::SnapshotInfo;
-use arca_schemas::{ChunkId, ErrorReply, JobId};
+use arca_runtime::rpc::decode_request;
+use arca_schemas::msg::{OpenSession, SessionOpened, SnapshotInfo};
+use arca_schemas::subject;
+use arca_schemas::trust::TokenClaims;
+use arca_schemas::{ChunkId, JobId};
+
+use crate::error::MediaError;
 
 use crate::Media;
 
@@ -89,7 +94,7 @@ impl Drop for Committing<'_> {
 impl Media {
     /// Checks that `session` is open and belongs to `system`, and notes
     /// that it was used.
-    pub(crate) fn check_session(&self, session: &str, system: &str) -> Result<(), ErrorReply> {
+    pub(crate) fn check_session(&self, session: &str, system: &str) -> Result<(), MediaError> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         match sessions.get_mut(session) {
             Some(s) if s.system == system && !s.closed => {
@@ -97,15 +102,15 @@ impl Media {
                 Ok(())
             }
             Some(s) if s.system == system => Err(self.no_session(session)),
-            Some(_) => Err(ErrorReply::bad_request(format!(
+            Some(_) => Err(MediaError::BadRequest(format!(
                 "session {session} does not belong to system {system}"
             ))),
             None => Err(self.no_session(session)),
         }
     }
 
-    fn no_session(&self, session: &str) -> ErrorReply {
-        ErrorReply::not_found(format!(
+    pub(crate) fn no_session(&self, session: &str) -> MediaError {
+        MediaError::NotFound(format!(
             "no open session {session} on media {}: its job ended, it was idle longer than \
              {}s (session-idle-secs), or the media service restarted; run the backup again",
             self.id,
@@ -116,14 +121,14 @@ impl Media {
     /// Records that a session depends on these chunks, before it is told
     /// whether they exist, so that a prune running meanwhile keeps them.
     /// Refused when the session would name more than `session-max-chunks`.
-    pub(crate) fn touch(&self, session: &str, ids: &[ChunkId]) -> Result<(), ErrorReply> {
+    pub(crate) fn touch(&self, session: &str, ids: &[ChunkId]) -> Result<(), MediaError> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let Some(s) = sessions.get_mut(session) else {
             return Ok(());
         };
         let new = ids.iter().filter(|id| !s.touched.contains(id)).count();
         if s.touched.len() + new > self.session_max_chunks {
-            return Err(ErrorReply::bad_request(format!(
+            return Err(MediaError::BadRequest(format!(
                 "refused: the backup of system {} names more than {} chunks \
                  (session-max-chunks of media {}); raise session-max-chunks in media's \
                  configuration, or split the system's paths",
@@ -136,7 +141,7 @@ impl Media {
 
     /// Marks a commit of `session` as running, or answers "busy" while
     /// another runs (the agent retries, and then gets its answer).
-    pub(crate) fn start_commit(&self, session: &str) -> Result<Committing<'_>, ErrorReply> {
+    pub(crate) fn start_commit(&self, session: &str) -> Result<Committing<'_>, MediaError> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let s = sessions
             .get_mut(session)
@@ -210,7 +215,7 @@ impl Media {
     }
 
     /// True while a prune or an index repair runs.
-    fn pruning(&self) -> bool {
+    pub(crate) fn pruning(&self) -> bool {
         !self
             .removals
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -226,5 +231,62 @@ impl Media {
             .expect("sessions lock")
             .get(session)
             .and_then(|s| s.quota)
+    }
+}
+
+impl Media {
+    pub(crate) fn open_session(
+        &self,
+        payload: &[u8],
+        claims: &TokenClaims,
+    ) -> Result<SessionOpened, MediaError> {
+        let req: OpenSession = decode_request(payload)?;
+        if !subject::valid_token(&req.system) {
+            return Err(MediaError::BadRequest(format!(
+                "invalid system name {:?}",
+                req.system
+            )));
+        }
+        if claims.system != req.system || claims.job != req.job {
+            return Err(MediaError::Forbidden(format!(
+                "refused: the job token is for system {} job {}, the request for {} job {}",
+                claims.system, claims.job, req.system, req.job
+            )));
+        }
+        let Some(agent_key) = claims.agent_key.clone() else {
+            return Err(MediaError::Forbidden(format!(
+                "refused: the job token names no enrolled key for system {}",
+                req.system
+            )));
+        };
+        if let Some(id) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .find(|(_, s)| s.job == req.job && !s.closed)
+            .map(|(id, _)| id.clone())
+        {
+            return Ok(SessionOpened {
+                session: id,
+                check_key: None,
+            });
+        }
+        if req.quota_bytes.is_some() {
+            // What the system holds now; every put of the session adds.
+            self.usage
+                .set(&req.system, self.repo.stored_bytes(&req.system));
+        }
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::info!(job = %req.job, system = %req.system, session = %id, quota = ?req.quota_bytes, "session opened");
+        sessions.insert(
+            id.clone(),
+            Session::new(req.job, req.system, agent_key, req.paths, req.quota_bytes),
+        );
+        Ok(SessionOpened {
+            session: id,
+            check_key: None,
+        })
     }
 }

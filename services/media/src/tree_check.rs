@@ -7,22 +7,24 @@
 //! led outside its root by a name; and a tree chunk holds at most
 //! [`limits::MAX_TREE_NODES`] nodes.
 
+use arca_schemas::ChunkId;
 use arca_schemas::path::TreePath;
 use arca_schemas::text::escape_bytes;
 use arca_schemas::tree::TreeBatch;
-use arca_schemas::{ChunkId, ErrorReply};
+
+use crate::error::MediaError;
 
 use crate::limits;
 
 /// Why a tree is refused: a hostile or broken tree, which is audited.
-pub(crate) fn refused(system: &str, detail: String) -> ErrorReply {
-    ErrorReply::forbidden(format!(
+pub(crate) fn refused(system: &str, detail: String) -> MediaError {
+    MediaError::Forbidden(format!(
         "refused: the tree of system {system} {detail}; snapshot not committed"
     ))
 }
 
 /// Checks the nodes of tree chunk `id`.
-pub(crate) fn check_batch(system: &str, id: &ChunkId, batch: &TreeBatch) -> Result<(), ErrorReply> {
+pub(crate) fn check_batch(system: &str, id: &ChunkId, batch: &TreeBatch) -> Result<(), MediaError> {
     if batch.nodes.len() > limits::MAX_TREE_NODES {
         return Err(refused(
             system,
@@ -80,7 +82,7 @@ mod tests {
             let batch = TreeBatch {
                 nodes: vec![node(b"/"), node(bad)],
             };
-            let e = check_batch("s", &id, &batch).unwrap_err();
+            let e = check_batch("s", &id, &batch).unwrap_err().to_reply();
             assert_eq!(e.code, arca_schemas::ErrorCode::Forbidden);
             assert!(
                 e.message.contains(&escape_bytes(bad).to_string()),
@@ -90,7 +92,9 @@ mod tests {
         }
         let mut link = node(b"/x");
         link.hardlink = Some(b"/../etc/shadow".to_vec());
-        let e = check_batch("s", &id, &TreeBatch { nodes: vec![link] }).unwrap_err();
+        let e = check_batch("s", &id, &TreeBatch { nodes: vec![link] })
+            .unwrap_err()
+            .to_reply();
         assert!(e.message.contains("hard link target"), "{}", e.message);
     }
 
@@ -99,7 +103,9 @@ mod tests {
         let batch = TreeBatch {
             nodes: vec![node(b"/"); limits::MAX_TREE_NODES + 1],
         };
-        let e = check_batch("s", &ChunkId([1; 32]), &batch).unwrap_err();
+        let e = check_batch("s", &ChunkId([1; 32]), &batch)
+            .unwrap_err()
+            .to_reply();
         assert!(e.message.contains("nodes"), "{}", e.message);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arca_e2e::{AgentUser, Stack, system};
-use arca_repo::frame;
+use arca_frame as frame;
 use arca_runtime::rpc::RpcError;
 use arca_runtime::trust::read_audit;
 use arca_schemas::msg::*;

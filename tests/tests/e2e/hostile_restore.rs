@@ -659,7 +659,7 @@ async fn a_restore_grant_reads_only_the_granted_snapshot_while_its_job_runs() {
                             return Err(format!("no frame or check value: {f:?}"));
                         };
                         // As the restoring agent checks it.
-                        arca_repo::frame::decode(frame, &start.chunk_key, &check)
+                        arca_frame::decode(frame, &start.chunk_key, &check)
                             .map(|_| ())
                             .map_err(|e| e.to_string())
                     });

@@ -9,7 +9,7 @@
 //! repository allows, adding up to the file's size). A node that fails is
 //! refused by name and nothing is written for it.
 
-use arca_repo::frame::MAX_CHUNK;
+use arca_frame::MAX_CHUNK;
 use arca_schemas::path::TreePath;
 use arca_schemas::tree::{Node, NodeKind};
 

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arca_repo::frame;
+use arca_frame as frame;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
     ChunkData, ChunksData, FetchedChunk, GetChunk, GetChunks, GetSnapshot, SnapshotReply,

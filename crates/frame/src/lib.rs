@@ -2,11 +2,46 @@
 //! [`arca_schemas::chunk`]). Compression is zstd, skipped when it would not
 //! make the chunk smaller. A chunk's id is the BLAKE3 hash of its plain
 //! bytes keyed with its system's chunk-id key.
+//!
+//! The repository stores frames and the agent makes and reads them, so
+//! the codec is a crate of its own that neither owns.
+//!
+//! Errors: every failure is a [`FrameError`] and none is helped by a
+//! retry; the bytes are what they are.
 
-use arca_schemas::ChunkId;
 use arca_schemas::chunk::{COMPRESSION_NONE, COMPRESSION_ZSTD, FRAME_VERSION};
+use arca_schemas::tree::TreeBatch;
+use arca_schemas::{ChunkId, ErrorCode, ErrorReply};
 
-use crate::RepoError;
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame is damaged, too large, or not the chunk it claims to be.
+    #[error("corrupt chunk {id}: {detail}")]
+    Corrupt {
+        /// The chunk the frame was read as.
+        id: ChunkId,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The frame decoded and checked, but its bytes are not a tree batch.
+    #[error("corrupt tree chunk {id}: {detail}")]
+    NotATree {
+        /// The tree chunk.
+        id: ChunkId,
+        /// The decoder's complaint.
+        detail: String,
+    },
+}
+
+impl FrameError {
+    /// The typed reply for a request that hit this error: always
+    /// `corrupt`, never retryable.
+    pub fn to_reply(&self) -> ErrorReply {
+        ErrorReply::new(ErrorCode::Corrupt, self.to_string())
+    }
+}
 
 /// The id of plain chunk bytes under a system's chunk-id key.
 pub fn chunk_id(key: &[u8; 32], data: &[u8]) -> ChunkId {
@@ -97,12 +132,12 @@ pub const MAX_TREE_CHUNK: usize = 16 << 20;
 
 /// Decodes a frame of either kind (at most [`MAX_TREE_CHUNK`] plain bytes)
 /// and checks that its plain bytes have id `id` under `key`.
-pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+pub fn decode(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, FrameError> {
     decode_within(frame, key, id, MAX_TREE_CHUNK)
 }
 
 /// Decodes a frame of a data chunk: at most [`MAX_CHUNK`] plain bytes.
-pub fn decode_data(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+pub fn decode_data(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<Vec<u8>, FrameError> {
     decode_within(frame, key, id, MAX_CHUNK)
 }
 
@@ -113,11 +148,8 @@ pub fn decode_within(
     key: &[u8; 32],
     id: &ChunkId,
     cap: usize,
-) -> Result<Vec<u8>, RepoError> {
-    let corrupt = |detail: String| RepoError::Corrupt {
-        what: format!("chunk {id}"),
-        detail,
-    };
+) -> Result<Vec<u8>, FrameError> {
+    let corrupt = |detail: String| FrameError::Corrupt { id: *id, detail };
     let [version, compression, payload @ ..] = frame else {
         return Err(corrupt("frame shorter than its header".into()));
     };
@@ -137,6 +169,17 @@ pub fn decode_within(
         return Err(corrupt(format!("content hashes to {actual}")));
     }
     Ok(data)
+}
+
+/// Decodes the frame of a tree chunk (as [`decode`]) and then the tree
+/// batch it holds: the one way every reader of a snapshot's tree opens
+/// its chunks.
+pub fn decode_tree(frame: &[u8], key: &[u8; 32], id: &ChunkId) -> Result<TreeBatch, FrameError> {
+    let plain = decode(frame, key, id)?;
+    arca_schemas::codec::decode(&plain).map_err(|e| FrameError::NotATree {
+        id: *id,
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -169,7 +212,7 @@ mod tests {
         frame[last] ^= 1;
         assert!(matches!(
             decode(&frame, &K, &id),
-            Err(RepoError::Corrupt { .. })
+            Err(FrameError::Corrupt { .. })
         ));
     }
 
@@ -182,6 +225,24 @@ mod tests {
             chunk_id(&[0; 32], b"arca").to_hex(),
             blake3::keyed_hash(&[0; 32], b"arca").to_hex().to_string()
         );
+    }
+
+    #[test]
+    fn a_tree_chunk_decodes_to_its_batch_and_other_bytes_do_not() {
+        let batch = TreeBatch {
+            nodes: vec![arca_schemas::tree::Node::bare(
+                b"/etc",
+                arca_schemas::tree::NodeKind::Dir,
+                0o40755,
+            )],
+        };
+        let plain = arca_schemas::codec::encode(&batch).unwrap();
+        let id = chunk_id(&K, &plain);
+        assert_eq!(decode_tree(&encode(&plain, 3), &K, &id).unwrap(), batch);
+        let id = chunk_id(&K, b"not a tree");
+        let e = decode_tree(&encode(b"not a tree", 3), &K, &id).unwrap_err();
+        assert!(matches!(e, FrameError::NotATree { .. }), "{e}");
+        assert!(e.to_string().starts_with("corrupt tree chunk "), "{e}");
     }
 
     /// A zstd frame of `n` zeros, with or without its content size in

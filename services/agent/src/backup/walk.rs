@@ -536,7 +536,7 @@ fn is_cache_dir(dir: &Path) -> bool {
 /// at every change of content, owner, mode, links or extended attributes
 /// (and a program cannot set it back), so the recorded attributes and link
 /// target still hold.
-pub(super) fn same_entry(before: &Node, now: &Stat) -> bool {
+fn same_entry(before: &Node, now: &Stat) -> bool {
     before.inode == now.ino
         && before.mode == now.mode
         && before.ctime == now.ctime

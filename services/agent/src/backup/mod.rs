@@ -37,9 +37,9 @@ use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::system::Selection;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::Progress;
 use crate::application::JobApps;
 use crate::patience::Patience;
+use crate::progress::Progress;
 
 pub use chunking::{ChunkParams, chunker};
 pub use parent::Parent;
@@ -212,8 +212,8 @@ pub async fn run(
         let p = progress.lock().expect("progress lock");
         (
             p.stats.clone(),
-            crate::cap_file_errors(&p.file_errors),
-            crate::cap_file_errors(&p.file_warnings),
+            crate::progress::cap_file_errors(&p.file_errors),
+            crate::progress::cap_file_errors(&p.file_warnings),
         )
     };
     let outcome = |snapshot, error| TransferOutcome {

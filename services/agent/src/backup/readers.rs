@@ -9,8 +9,8 @@ use arca_repo::frame;
 use arca_schemas::ChunkId;
 use arca_schemas::error::ErrorReply;
 
-use crate::Progress;
 use crate::meta::{self, Stat};
+use crate::progress::Progress;
 
 use super::chunking::{ChunkParams, file_chunks};
 use super::sink::ChunkSink;

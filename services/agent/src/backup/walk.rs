@@ -11,9 +11,9 @@ use arca_schemas::ChunkId;
 use arca_schemas::error::ErrorReply;
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
 
-use crate::Progress;
 use crate::application::{Addition, postgresql};
 use crate::meta::{self, LIST_BUFFER, Names, Stat};
+use crate::progress::Progress;
 use crate::select::Filter;
 
 use super::chunking::{ChunkParams, chunker};

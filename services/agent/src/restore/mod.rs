@@ -49,9 +49,9 @@ use arca_schemas::tree::{NodeKind, TreeBatch};
 use arca_schemas::trust::TokenClaims;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::Progress;
 use crate::meta::Names;
 use crate::patience::Patience;
+use crate::progress::Progress;
 use crate::select::Filter;
 use beneath::Beneath;
 use check::Checked;
@@ -77,8 +77,8 @@ pub async fn run(
     TransferOutcome {
         stats: p.stats.clone(),
         snapshot: Some(req.snapshot.clone()),
-        file_errors: crate::cap_file_errors(&p.file_errors),
-        file_warnings: crate::cap_file_errors(&p.file_warnings),
+        file_errors: crate::progress::cap_file_errors(&p.file_errors),
+        file_warnings: crate::progress::cap_file_errors(&p.file_warnings),
         error: result.err(),
     }
 }

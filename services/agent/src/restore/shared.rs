@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use arca_schemas::tree::Node;
 
-use crate::Progress;
 use crate::meta::Names;
+use crate::progress::Progress;
 
 use super::beneath::Beneath;
 use super::metadata::{On, Privileges};

@@ -18,6 +18,7 @@ pub mod application;
 pub mod backup;
 pub mod config;
 pub mod door;
+pub mod error;
 mod handler;
 pub mod hooks;
 pub mod meta;

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::tree::{Node, NodeKind};
 
+use crate::error::AgentError;
 use crate::meta::Stat;
 
 use super::readers::{FileRead, ReadJob, read_file, take_chunk};
@@ -28,7 +28,7 @@ impl Reader<'_> {
         path: &Path,
         st: &Stat,
         before: Option<Node>,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), AgentError> {
         let link_key = (st.nlink > 1).then_some((st.dev, st.ino));
         // Another name of a file already taken: same chunks, not read again.
         if let Some(first) = link_key.and_then(|k| self.links.get(&k)) {
@@ -88,7 +88,7 @@ impl Reader<'_> {
         self.jobs
             .as_ref()
             .and_then(|j| j.send(job).ok())
-            .ok_or_else(|| ErrorReply::internal("the readers stopped"))?;
+            .ok_or_else(|| AgentError::stopped("the readers stopped"))?;
         self.emit(Slot::File {
             path: path.to_path_buf(),
             read,
@@ -145,7 +145,7 @@ impl Reader<'_> {
         data: Vec<u8>,
         chunks: &mut Vec<ChunkId>,
         sizes: &mut Vec<u32>,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), AgentError> {
         take_chunk(
             &self.key,
             data,

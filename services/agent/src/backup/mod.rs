@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use arca_runtime::rpc::RpcError;
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{
     ChunksStored, CommitSnapshot, PutChunk, PutChunks, SnapshotCommitted, StartBackupTransfer,
     TransferOutcome,
@@ -38,6 +37,7 @@ use arca_schemas::system::Selection;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::application::JobApps;
+use crate::error::AgentError;
 use crate::patience::Patience;
 use crate::progress::Progress;
 
@@ -118,7 +118,7 @@ pub async fn run(
                 patience,
             ),
             Err(e) => {
-                tracing::warn!(parent = %id, error = %e.message, "parent snapshot unreadable; reading every file");
+                tracing::warn!(parent = %id, error = %e, "parent snapshot unreadable; reading every file");
                 Parent::none()
             }
         },
@@ -154,7 +154,7 @@ pub async fn run(
     let put_subject = subject::media_data(&req.media, &system, MediaDataVerb::PutMany);
     let mut in_flight = FuturesUnordered::new();
     let mut tree = None;
-    let mut failure: Option<ErrorReply> = None;
+    let mut failure: Option<AgentError> = None;
     loop {
         tokio::select! {
             biased;
@@ -167,7 +167,7 @@ pub async fn run(
                         p.stats.new_chunks += stored.new.iter().filter(|n| **n).count() as u64;
                     }
                     Err(e) => {
-                        failure = Some(e.to_reply());
+                        failure = Some(e.into());
                         break;
                     }
                 }
@@ -216,12 +216,13 @@ pub async fn run(
             crate::progress::cap_file_errors(&p.file_warnings),
         )
     };
-    let outcome = |snapshot, error| TransferOutcome {
+    // The wire's error is made here, where the outcome is.
+    let outcome = |snapshot, error: Option<AgentError>| TransferOutcome {
         stats: stats.clone(),
         snapshot,
         file_errors: file_errors.clone(),
         file_warnings: file_warnings.clone(),
-        error,
+        error: error.map(|e| e.to_reply()),
     };
     if let Some(e) = failure {
         return outcome(None, Some(e));
@@ -232,14 +233,14 @@ pub async fn run(
         Err(e) => {
             return outcome(
                 None,
-                Some(ErrorReply::internal(format!("reader crashed: {e}"))),
+                Some(AgentError::stopped(format!("reader crashed: {e}"))),
             );
         }
     }
     let Some(tree) = tree else {
         return outcome(
             None,
-            Some(ErrorReply::internal("reader ended without a tree")),
+            Some(AgentError::stopped("reader ended without a tree")),
         );
     };
     // The agent vouches for the snapshot: media commits it only when the
@@ -261,6 +262,6 @@ pub async fn run(
         .await
     {
         Ok(c) => outcome(Some(c.snapshot.id), None),
-        Err(e) => outcome(None, Some(e.to_reply())),
+        Err(e) => outcome(None, Some(e.into())),
     }
 }

@@ -2,11 +2,11 @@
 //! unchanged since it are taken without being read.
 
 use arca_repo::frame;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{Node, TreeBatch, path_order};
 use arca_schemas::{ChunkId, codec};
 
+use crate::error::AgentError;
 use crate::patience::Patience;
 
 /// The tree chunk ids of the parent snapshot.
@@ -16,7 +16,7 @@ pub(super) async fn parent_tree(
     media: &str,
     id: &arca_schemas::SnapshotId,
     patience: Patience,
-) -> Result<Vec<ChunkId>, ErrorReply> {
+) -> Result<Vec<ChunkId>, AgentError> {
     let snap: arca_schemas::msg::SnapshotReply = patience
         .request(
             client,
@@ -26,8 +26,7 @@ pub(super) async fn parent_tree(
                 session: None,
             },
         )
-        .await
-        .map_err(|e| e.to_reply())?;
+        .await?;
     Ok(snap.tree)
 }
 
@@ -108,15 +107,17 @@ impl Parent {
             return false;
         };
         let body = arca_schemas::msg::GetChunk { id, session: None };
-        let got: Result<TreeBatch, String> = f
+        let got: Result<TreeBatch, AgentError> = f
             .runtime
             .block_on(
                 f.patience
                     .request::<_, arca_schemas::msg::ChunkData>(&f.client, &f.subject, &body),
             )
-            .map_err(|e| e.to_string())
-            .and_then(|d| frame::decode(&d.frame, &f.key, &id).map_err(|e| e.to_string()))
-            .and_then(|plain| codec::decode(&plain).map_err(|e| e.to_string()));
+            .map_err(AgentError::from)
+            .and_then(|d| Ok(frame::decode(&d.frame, &f.key, &id)?))
+            .and_then(|plain| {
+                codec::decode(&plain).map_err(|source| AgentError::Tree { id, source })
+            });
         match got {
             Ok(batch) => {
                 self.nodes.extend(batch.nodes);

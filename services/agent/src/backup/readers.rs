@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use arca_repo::frame;
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 
+use crate::error::AgentError;
 use crate::meta::{self, Stat};
 use crate::progress::Progress;
 
@@ -19,7 +19,7 @@ use super::sink::ChunkSink;
 pub(super) struct ReadJob {
     pub(super) path: PathBuf,
     pub(super) size_hint: u64,
-    pub(super) done: std::sync::mpsc::SyncSender<Result<FileRead, ErrorReply>>,
+    pub(super) done: std::sync::mpsc::SyncSender<Result<FileRead, AgentError>>,
 }
 
 /// What a reader made of a file.
@@ -48,7 +48,7 @@ pub(super) fn take_chunk(
     sizes: &mut Vec<u32>,
     sink: &mut ChunkSink,
     progress: &Mutex<Progress>,
-) -> Result<(), ErrorReply> {
+) -> Result<(), AgentError> {
     let id = frame::chunk_id(key, &data);
     chunks.push(id);
     sizes.push(data.len() as u32);
@@ -68,7 +68,7 @@ pub(super) fn read_file(
     key: &[u8; 32],
     sink: &mut ChunkSink,
     progress: &Mutex<Progress>,
-) -> Result<FileRead, ErrorReply> {
+) -> Result<FileRead, AgentError> {
     let failed = |what, error| Ok(FileRead::Failed { what, error });
     let file = match meta::open_regular(path) {
         Ok(f) => f,
@@ -138,7 +138,7 @@ pub(super) fn reader_thread(
     if !stop.load(Ordering::Relaxed)
         && let Err(e) = sink.flush()
     {
-        tracing::debug!(error = %e.message, "a reader could not send its last chunks");
+        tracing::debug!(error = %e, "a reader could not send its last chunks");
         stop.store(true, Ordering::Relaxed);
     }
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use arca_repo::frame;
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{HasChunks, HasChunksReply, PutChunk};
 
+use crate::error::AgentError;
 use crate::patience::Patience;
 
 use super::Item;
@@ -30,18 +30,17 @@ pub(super) struct HasAsker {
 }
 
 impl HasAsker {
-    fn ask(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>, ErrorReply> {
+    fn ask(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>, AgentError> {
         let n = ids.len();
         let body = HasChunks {
             session: self.session.clone(),
             ids,
         };
-        let reply: HasChunksReply = self
-            .runtime
-            .block_on(self.patience.request(&self.client, &self.subject, &body))
-            .map_err(|e| e.to_reply())?;
+        let reply: HasChunksReply =
+            self.runtime
+                .block_on(self.patience.request(&self.client, &self.subject, &body))?;
         if reply.present.len() != n {
-            return Err(ErrorReply::internal(
+            return Err(AgentError::MediaAnswer(
                 "media answered for a different number of chunks",
             ));
         }
@@ -102,7 +101,7 @@ impl ChunkSink {
         id: ChunkId,
         data: Vec<u8>,
         tree: bool,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), AgentError> {
         if !self.sent.lock().expect("sent lock").insert(id) {
             return Ok(());
         }
@@ -114,7 +113,7 @@ impl ChunkSink {
         Ok(())
     }
 
-    pub(super) fn flush(&mut self) -> Result<(), ErrorReply> {
+    pub(super) fn flush(&mut self) -> Result<(), AgentError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -155,9 +154,9 @@ impl ChunkSink {
         Ok(())
     }
 
-    fn put(&self, batch: Vec<PutChunk>) -> Result<(), ErrorReply> {
+    fn put(&self, batch: Vec<PutChunk>) -> Result<(), AgentError> {
         self.tx
             .blocking_send(Item::Chunks(batch))
-            .map_err(|_| ErrorReply::internal("transfer stopped"))
+            .map_err(|_| AgentError::stopped("transfer stopped"))
     }
 }

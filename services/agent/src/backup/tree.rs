@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use arca_repo::frame;
 use arca_schemas::codec;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::tree::Node;
+
+use crate::error::AgentError;
 
 use super::readers::FileRead;
 use super::walk::Reader;
@@ -24,14 +25,14 @@ pub(super) enum Slot {
     Node(Node),
     File {
         path: PathBuf,
-        read: std::sync::mpsc::Receiver<Result<FileRead, ErrorReply>>,
+        read: std::sync::mpsc::Receiver<Result<FileRead, AgentError>>,
     },
 }
 
 impl Reader<'_> {
     /// Queues an entry behind those still being read, and puts into the
     /// tree what is ready.
-    pub(super) fn emit(&mut self, slot: Slot) -> Result<(), ErrorReply> {
+    pub(super) fn emit(&mut self, slot: Slot) -> Result<(), AgentError> {
         self.slots.push_back(slot);
         self.settle(OUTSTANDING)
     }
@@ -39,7 +40,7 @@ impl Reader<'_> {
     /// Puts entries into the tree in walk order until at most `keep`
     /// remain: a file still being read waits only while more than `keep`
     /// entries are queued.
-    pub(super) fn settle(&mut self, keep: usize) -> Result<(), ErrorReply> {
+    pub(super) fn settle(&mut self, keep: usize) -> Result<(), AgentError> {
         while let Some(front) = self.slots.front() {
             if let Slot::File { read, .. } = front {
                 let got = if self.slots.len() > keep {
@@ -55,7 +56,7 @@ impl Reader<'_> {
                     unreachable!("the front is a file");
                 };
                 let read = got.ok_or_else(|| {
-                    ErrorReply::internal(format!(
+                    AgentError::stopped(format!(
                         "the reader of {} stopped without an answer",
                         path.display()
                     ))
@@ -76,7 +77,7 @@ impl Reader<'_> {
 
     /// A folder: written now, or with include patterns held until
     /// something under it is taken (or it matches itself).
-    fn push_dir(&mut self, n: Node) -> Result<(), ErrorReply> {
+    fn push_dir(&mut self, n: Node) -> Result<(), AgentError> {
         if !self.filter.has_includes() {
             return self.push(n);
         }
@@ -94,7 +95,7 @@ impl Reader<'_> {
         }
     }
 
-    fn push(&mut self, n: Node) -> Result<(), ErrorReply> {
+    fn push(&mut self, n: Node) -> Result<(), AgentError> {
         if !self.held.is_empty() {
             // Write the held folders above `n`, outermost first.
             let held = std::mem::take(&mut self.held);
@@ -108,7 +109,7 @@ impl Reader<'_> {
         self.push_node(n)
     }
 
-    fn push_node(&mut self, n: Node) -> Result<(), ErrorReply> {
+    fn push_node(&mut self, n: Node) -> Result<(), AgentError> {
         self.progress.lock().expect("progress lock").stats.entries += 1;
         self.batch.nodes.push(n);
         if self.batch.nodes.len() >= TREE_BATCH {
@@ -117,12 +118,12 @@ impl Reader<'_> {
         Ok(())
     }
 
-    pub(super) fn flush_batch(&mut self) -> Result<(), ErrorReply> {
+    pub(super) fn flush_batch(&mut self) -> Result<(), AgentError> {
         if self.batch.nodes.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let bytes = codec::encode(&batch).map_err(|e| ErrorReply::internal(e.to_string()))?;
+        let bytes = codec::encode(&batch).map_err(AgentError::Codec)?;
         let id = frame::chunk_id(&self.key, &bytes);
         self.tree.push(id);
         self.sink.send(id, bytes, true)

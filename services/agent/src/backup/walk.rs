@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
 
 use crate::application::{Addition, postgresql};
+use crate::error::AgentError;
 use crate::meta::{self, LIST_BUFFER, Names, Stat};
 use crate::progress::Progress;
 use crate::select::Filter;
@@ -73,17 +73,15 @@ pub(super) fn read_all(
     tx: tokio::sync::mpsc::Sender<Item>,
     progress: &Mutex<Progress>,
     finish: impl FnOnce() -> Result<Vec<Addition>, String>,
-) -> Result<(), ErrorReply> {
+) -> Result<(), AgentError> {
     let Walk {
         parent,
         paths,
         selection,
         postgresql,
     } = walk;
-    let filter = Filter::new(&selection.filter)
-        .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
-    let ahead = Filter::new(&selection.filter)
-        .map_err(|e| ErrorReply::bad_request(format!("the system's selection: {e}")))?;
+    let filter = Filter::new(&selection.filter).map_err(AgentError::Selection)?;
+    let ahead = Filter::new(&selection.filter).map_err(AgentError::Selection)?;
     let excludes = ahead.excludes_anything();
     let skip = move |path: &[u8]| ahead.excluded_here(path);
     let roots: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
@@ -117,7 +115,7 @@ pub(super) fn read_all(
                 .spawn_scoped(scope, move || {
                     reader_thread(jobs, params, key, sink, progress, stop)
                 })
-                .map_err(|e| ErrorReply::internal(format!("cannot start a reader thread: {e}")))?;
+                .map_err(|e| AgentError::io("cannot start a reader thread", e))?;
             threads.push(t);
         }
         let mut r = Reader {
@@ -153,7 +151,7 @@ pub(super) fn read_all(
         }
         walked?;
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ErrorReply::internal(
+            return Err(AgentError::stopped(
                 "a reader stopped before sending every chunk",
             ));
         }
@@ -164,7 +162,7 @@ pub(super) fn read_all(
         r.sink
             .tx
             .blocking_send(Item::Done { tree })
-            .map_err(|_| ErrorReply::internal("transfer stopped"))
+            .map_err(|_| AgentError::stopped("transfer stopped"))
     })
 }
 
@@ -175,7 +173,7 @@ impl Reader<'_> {
         &mut self,
         paths: &[String],
         finish: impl FnOnce() -> Result<Vec<Addition>, String>,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), AgentError> {
         // Walked in path order, so that the tree is sorted by path.
         let mut roots: Vec<&String> = paths.iter().collect();
         roots.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
@@ -192,19 +190,14 @@ impl Reader<'_> {
             }
         }
         if present == 0 {
-            return Err(ErrorReply::bad_request(format!(
+            return Err(AgentError::BadRequest(format!(
                 "none of the configured paths exists on this system: {}",
                 paths.join(", ")
             )));
         }
         // Every file read before the applications leave backup mode.
         self.settle(0)?;
-        let additions = finish().map_err(|e| {
-            ErrorReply::new(
-                arca_schemas::ErrorCode::Internal,
-                format!("the application backup could not be completed: {e}"),
-            )
-        })?;
+        let additions = finish().map_err(AgentError::Application)?;
         for a in additions {
             match a {
                 Addition::Bytes { path, data } => self.bytes(&path, data)?,
@@ -215,10 +208,13 @@ impl Reader<'_> {
                     }
                     // Missing, it would make the snapshot lie: no snapshot.
                     Err(e) => {
-                        return Err(ErrorReply::internal(format!(
-                            "cannot read {}, needed for a consistent backup: {e}",
-                            path.display()
-                        )));
+                        return Err(AgentError::io(
+                            format!(
+                                "cannot read {}, needed for a consistent backup",
+                                path.display()
+                            ),
+                            e,
+                        ));
                     }
                 },
             }
@@ -251,14 +247,15 @@ impl Reader<'_> {
 
     /// Stores `data`, made by the agent, as a file at `path`, owned like
     /// its folder, mode 0600, modified now.
-    fn bytes(&mut self, path: &Path, data: Vec<u8>) -> Result<(), ErrorReply> {
+    fn bytes(&mut self, path: &Path, data: Vec<u8>) -> Result<(), AgentError> {
         let folder = path.parent().unwrap_or(Path::new("/"));
         let md = std::fs::metadata(folder)
-            .map_err(|e| ErrorReply::internal(format!("cannot read {}: {e}", folder.display())))?;
+            .map_err(|e| AgentError::io(format!("cannot read {}", folder.display()), e))?;
         let mut chunks = Vec::new();
         let mut sizes = Vec::new();
         for chunk in chunker(&data[..], &self.params) {
-            let chunk = chunk.map_err(|e| ErrorReply::internal(e.to_string()))?;
+            let chunk = chunk
+                .map_err(|e| AgentError::io("cannot cut the file", std::io::Error::other(e)))?;
             self.take_chunk(chunk.data, &mut chunks, &mut sizes)?;
         }
         let mut n = self.node(folder, NodeKind::File { chunks, sizes }, &Stat::from(&md));
@@ -295,10 +292,10 @@ impl Reader<'_> {
     /// Walks `root` depth first, names of a folder in byte order: the
     /// order of the tree. Entries are read relative to their open folder,
     /// so a deep path is not looked up again for every entry in it.
-    fn walk(&mut self, root: &Path, root_dev: u64) -> Result<(), ErrorReply> {
+    fn walk(&mut self, root: &Path, root_dev: u64) -> Result<(), AgentError> {
         let root_bytes = root.as_os_str().as_bytes();
         let name = std::ffi::CString::new(root_bytes)
-            .map_err(|_| ErrorReply::bad_request("a configured path holds a NUL byte"))?;
+            .map_err(|_| AgentError::BadRequest("a configured path holds a NUL byte".into()))?;
         let mut buf = Vec::with_capacity(LIST_BUFFER);
         let mut stack: Vec<Folder> = Vec::new();
         if let Some(f) = self.visit(
@@ -355,7 +352,7 @@ impl Reader<'_> {
         is_root: bool,
         root_dev: u64,
         buf: &mut Vec<std::mem::MaybeUninit<u8>>,
-    ) -> Result<Option<Folder>, ErrorReply> {
+    ) -> Result<Option<Folder>, AgentError> {
         use rustix::fs::FileType;
         let p = Path::new(std::ffi::OsStr::from_bytes(&path));
         let rule = self.rule(p);

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arca_schemas::ChunkId;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{ChunkData, ChunksData, FetchedChunk, GetChunk, GetChunks};
 
+use crate::error::AgentError;
 use crate::patience::Patience;
 
 use super::file::Ctx;
@@ -18,12 +18,9 @@ pub(super) async fn get_chunk(
     id: ChunkId,
     session: Option<String>,
     patience: Patience,
-) -> Result<ChunkData, ErrorReply> {
+) -> Result<ChunkData, AgentError> {
     let body = GetChunk { id, session };
-    patience
-        .request(client, subject, &body)
-        .await
-        .map_err(|e| e.to_reply())
+    Ok(patience.request(client, subject, &body).await?)
 }
 
 /// The id a fetched chunk's plain bytes are checked against: its own id
@@ -34,11 +31,11 @@ pub(super) fn check_id(
     granted: bool,
     id: ChunkId,
     check: Option<ChunkId>,
-) -> Result<ChunkId, String> {
+) -> Result<ChunkId, AgentError> {
     if !granted {
         return Ok(id);
     }
-    check.ok_or_else(|| format!("chunk {id}: media sent no check value for the restore session"))
+    check.ok_or(AgentError::NoCheckValue(id))
 }
 
 /// Most chunks, and plain bytes, fetched in one request.
@@ -52,15 +49,12 @@ async fn get_chunks(
     ids: Vec<ChunkId>,
     session: Option<String>,
     patience: Patience,
-) -> Result<Vec<FetchedChunk>, ErrorReply> {
+) -> Result<Vec<FetchedChunk>, AgentError> {
     let n = ids.len();
     let body = GetChunks { ids, session };
-    let r: ChunksData = patience
-        .request(client, subject, &body)
-        .await
-        .map_err(|e| e.to_reply())?;
+    let r: ChunksData = patience.request(client, subject, &body).await?;
     if r.chunks.len() != n {
-        return Err(ErrorReply::internal(
+        return Err(AgentError::MediaAnswer(
             "media answered for a different number of chunks",
         ));
     }
@@ -112,9 +106,10 @@ pub(super) async fn fetch_and_write(
     let ids: Vec<ChunkId> = batch.iter().map(|(_, _, id, _)| *id).collect();
     let fetched = get_chunks(&client, &subject, ids, session, patience).await;
     let _ = tokio::task::spawn_blocking(move || {
-        let fetched: Vec<Result<FetchedChunk, ErrorReply>> = match fetched {
+        // A batch that failed fails each of its chunks, with media's word.
+        let fetched: Vec<Result<FetchedChunk, String>> = match fetched {
             Ok(f) => f.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e); batch.len()],
+            Err(e) => vec![Err(e.to_reply().message); batch.len()],
         };
         for ((i, offset, id, size), got) in batch.into_iter().zip(fetched) {
             match got {
@@ -128,7 +123,7 @@ pub(super) async fn fetch_and_write(
                         error.map(|e| e.message).unwrap_or_else(|| "missing".into())
                     ),
                 ),
-                Err(e) => ctx.fail(i, format!("chunk {id}: {}", e.message)),
+                Err(e) => ctx.fail(i, format!("chunk {id}: {e}")),
             }
             if ctx.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 ctx.finish_file(i);

@@ -157,6 +157,7 @@ impl Ctx {
         };
         let sparse = self.files[i].node.node().sparse;
         let written = check_id(self.granted, id, got.check)
+            .map_err(|e| e.to_string())
             .and_then(|check| {
                 frame::decode(frame_bytes, &self.key, &check).map_err(|e| e.to_string())
             })

@@ -42,13 +42,13 @@ use std::sync::{Arc, Mutex};
 
 use arca_repo::frame;
 use arca_schemas::codec;
-use arca_schemas::error::ErrorReply;
 use arca_schemas::msg::{GetSnapshot, SnapshotReply, StartRestoreTransfer, TransferOutcome};
 use arca_schemas::subject::{self, MediaDataVerb};
 use arca_schemas::tree::{NodeKind, TreeBatch};
 use arca_schemas::trust::TokenClaims;
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use crate::error::AgentError;
 use crate::meta::Names;
 use crate::patience::Patience;
 use crate::progress::Progress;
@@ -79,7 +79,7 @@ pub async fn run(
         snapshot: Some(req.snapshot.clone()),
         file_errors: crate::progress::cap_file_errors(&p.file_errors),
         file_warnings: crate::progress::cap_file_errors(&p.file_warnings),
-        error: result.err(),
+        error: result.err().map(|e| e.to_reply()),
     }
 }
 
@@ -92,23 +92,23 @@ pub fn check_grant(
     req: &StartRestoreTransfer,
     claims: &TokenClaims,
     owner: Option<&str>,
-) -> Result<(), ErrorReply> {
+) -> Result<(), AgentError> {
     if claims.snapshot.as_ref() != Some(&req.snapshot) {
-        return Err(ErrorReply::forbidden(format!(
+        return Err(AgentError::Forbidden(format!(
             "refused: the job token does not name snapshot {}",
             req.snapshot
         )));
     }
     let owner = owner.or(claims.source_system.as_deref()).unwrap_or(system);
     if claims.source_system.as_deref().is_some_and(|s| s != owner) {
-        return Err(ErrorReply::forbidden(format!(
+        return Err(AgentError::Forbidden(format!(
             "refused: snapshot {} belongs to {owner}, the job token says {}",
             req.snapshot,
             claims.source_system.as_deref().unwrap_or_default()
         )));
     }
     if owner != system && !claims.cross_system {
-        return Err(ErrorReply::forbidden(format!(
+        return Err(AgentError::Forbidden(format!(
             "refused: snapshot {} belongs to system {owner}; this agent restores only its own \
              system's snapshots unless an operator allowed a cross-system restore",
             req.snapshot
@@ -133,7 +133,7 @@ async fn restore(
     window: usize,
     patience: Patience,
     progress: &Arc<Mutex<Progress>>,
-) -> Result<(), ErrorReply> {
+) -> Result<(), AgentError> {
     let snap: SnapshotReply = patience
         .request(
             client,
@@ -143,15 +143,14 @@ async fn restore(
                 session: req.session.clone(),
             },
         )
-        .await
-        .map_err(|e| e.to_reply())?;
+        .await?;
     // Before anything is written, not even the target folder.
     check_grant(system, req, claims, Some(&snap.info.system))?;
     let root = match &req.target {
         Some(t) => {
             let t = PathBuf::from(t);
             if !t.is_absolute() {
-                return Err(ErrorReply::bad_request(format!(
+                return Err(AgentError::BadRequest(format!(
                     "restore target {} is not an absolute path",
                     t.display()
                 )));
@@ -170,12 +169,12 @@ async fn restore(
         Privileges::restoring_user()
     };
     let beneath = Beneath::open(&root).map_err(|e| {
-        ErrorReply::bad_request(format!(
+        AgentError::BadRequest(format!(
             "restore target {} cannot be opened: {e}",
             root.display()
         ))
     })?;
-    let filter = Filter::new(&req.filter).map_err(ErrorReply::bad_request)?;
+    let filter = Filter::new(&req.filter).map_err(AgentError::Filter)?;
     let shared = Arc::new(Shared {
         key: req.chunk_key,
         granted: req.session.is_some(),
@@ -197,14 +196,10 @@ async fn restore(
     let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
         let got = get_chunk(client, &get_subject, *id, req.session.clone(), patience).await?;
-        let check = check_id(shared.granted, *id, got.check).map_err(ErrorReply::internal)?;
-        let plain = frame::decode(&got.frame, &req.chunk_key, &check).map_err(|e| e.to_reply())?;
-        let batch: TreeBatch = codec::decode(&plain).map_err(|e| {
-            ErrorReply::new(
-                arca_schemas::ErrorCode::Corrupt,
-                format!("tree chunk {id}: {e}"),
-            )
-        })?;
+        let check = check_id(shared.granted, *id, got.check)?;
+        let plain = frame::decode(&got.frame, &req.chunk_key, &check)?;
+        let batch: TreeBatch =
+            codec::decode(&plain).map_err(|source| AgentError::Tree { id: *id, source })?;
         // Folders first, in walk order. Other names of a file restored
         // here are linked once it is in place. A node that fails its check
         // is reported and nothing is written for it.
@@ -257,7 +252,7 @@ async fn restore(
             (ctx, new_dirs, skip)
         })
         .await
-        .map_err(|e| ErrorReply::internal(e.to_string()))?;
+        .map_err(|e| AgentError::stopped(e.to_string()))?;
         dirs.extend(made);
         let ctx = Arc::new(ctx);
         for batch in piece_batches(&ctx, &skip) {
@@ -276,8 +271,9 @@ async fn restore(
     }
     while in_flight.next().await.is_some() {}
     if !sel.any && !req.filter.is_empty() {
-        return Err(ErrorReply::bad_request(
-            "no path of the snapshot matches the restore's --include/--exclude patterns; list them with `arca ls`",
+        return Err(AgentError::BadRequest(
+            "no path of the snapshot matches the restore's --include/--exclude patterns; list them with `arca ls`"
+                .into(),
         ));
     }
 
@@ -303,21 +299,17 @@ async fn restore(
             rustix::fs::Mode::empty(),
         )
         .and_then(|root| rustix::fs::syncfs(&root))
-        .map_err(|e| {
-            ErrorReply::internal(format!(
-                "the restored files could not be flushed to disk: {e}"
-            ))
-        })
+        .map_err(|e| AgentError::io("the restored files could not be flushed to disk", e.into()))
     })
     .await
-    .map_err(|e| ErrorReply::internal(format!("writer crashed: {e}")))??;
+    .map_err(|e| AgentError::stopped(format!("writer crashed: {e}")))??;
     Ok(())
 }
 
 /// Refuses a target that cannot be written, before anything is written.
-fn check_writable(target: &Path) -> Result<(), ErrorReply> {
+fn check_writable(target: &Path) -> Result<(), AgentError> {
     let refuse = |e: std::io::Error| {
-        ErrorReply::bad_request(format!(
+        AgentError::BadRequest(format!(
             "restore target {} is not writable: {e}; choose another folder with --target",
             target.display()
         ))

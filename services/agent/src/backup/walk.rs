@@ -456,7 +456,7 @@ impl Reader<'_> {
         let xattrs = match meta::read_xattrs(path) {
             Ok(x) => x,
             Err(e) => {
-                self.file_warning(path, e);
+                self.file_warning(path, e.to_string());
                 Vec::new()
             }
         };

@@ -75,7 +75,8 @@ impl Shared {
                 },
                 node,
                 &shown,
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             temp.place(&name)
                 .map_err(|e| format!("cannot move into place: {e}"))
         })();
@@ -94,7 +95,10 @@ impl Shared {
         };
         let result = open
             .map_err(|e| format!("cannot open folder: {e}"))
-            .and_then(|f| self.apply(On::Open(&f), d.node(), &shown));
+            .and_then(|f| {
+                self.apply(On::Open(&f), d.node(), &shown)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = result {
             self.file_error(&shown, e);
         }

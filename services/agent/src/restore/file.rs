@@ -103,7 +103,7 @@ impl Ctx {
         p.stats.unchanged_files += 1;
         drop(p);
         if let Err(e) = self.apply(On::Open(&file), f.node.node(), &f.shown) {
-            self.file_error(&f.shown, e);
+            self.file_error(&f.shown, e.to_string());
         }
         true
     }
@@ -202,7 +202,7 @@ impl Ctx {
         if let Err(e) = self.with_file(i, |_| Ok(())) {
             *f.tmp.lock().expect("file lock") = Slot::Closed;
             self.not_restored(i);
-            self.file_error(&f.shown, e);
+            self.file_error(&f.shown, e.to_string());
             return;
         }
         let Slot::Open(tmp, file) =
@@ -219,6 +219,7 @@ impl Ctx {
         }
         let result = self
             .apply(On::Open(&file), f.node.node(), &f.shown)
+            .map_err(|e| e.to_string())
             .and_then(|_| {
                 let (_, name) = f.node.path().split_last().expect("a file is not the root");
                 tmp.place(&super::beneath::c_name(name))

@@ -12,6 +12,7 @@ use crate::meta::Names;
 use crate::progress::Progress;
 
 use super::beneath::Beneath;
+use super::metadata::MetadataError;
 use super::metadata::{On, Privileges};
 
 /// Entries a report names one by one for each kind of privilege left out;
@@ -133,7 +134,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn apply(&self, on: On<'_>, node: &Node, shown: &str) -> Result<(), String> {
+    pub(super) fn apply(&self, on: On<'_>, node: &Node, shown: &str) -> Result<(), MetadataError> {
         self.report_left_out(node, shown);
         super::metadata::apply(
             on,

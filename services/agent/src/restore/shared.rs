@@ -12,6 +12,7 @@ use crate::meta::Names;
 use crate::progress::Progress;
 
 use super::beneath::Beneath;
+use super::check::Refused;
 use super::metadata::MetadataError;
 use super::metadata::{On, Privileges};
 
@@ -73,7 +74,7 @@ impl Shared {
     }
 
     /// Reports a node that failed its check; nothing is written for it.
-    pub(super) fn refuse(&self, node: &Node, why: String) {
+    pub(super) fn refuse(&self, node: &Node, why: Refused) {
         self.progress.lock().expect("progress lock").stats.entries += 1;
         let shown = arca_schemas::text::escape_bytes(&node.path);
         self.failed

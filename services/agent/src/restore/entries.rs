@@ -9,6 +9,7 @@ use rustix::fs::AtFlags;
 
 use super::beneath::Temp;
 use super::check::Checked;
+use super::failure::EntryError;
 use super::metadata::On;
 use super::shared::Shared;
 
@@ -25,9 +26,7 @@ impl Shared {
             .expect("failed lock")
             .contains(first.as_bytes())
         {
-            Err(format!(
-                "not restored: it is another name of {first_shown}, which was not restored"
-            ))
+            Err(EntryError::FirstNotRestored(first_shown))
         } else {
             (|| {
                 let (from_dir, from) = self.beneath.parent(first)?.ok_or_else(not_root)?;
@@ -37,11 +36,14 @@ impl Shared {
                 })?;
                 made.place(&name)
             })()
-            .map_err(|e| format!("cannot link to {first_shown}: {e}"))
+            .map_err(|source| EntryError::Link {
+                first: first_shown,
+                source,
+            })
         };
         match linked {
             Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
-            Err(e) => self.file_error(&shown, e),
+            Err(e) => self.file_error(&shown, e.to_string()),
         }
     }
 
@@ -59,13 +61,13 @@ impl Shared {
             let (dir, name) = self
                 .beneath
                 .parent(n.path())
-                .map_err(|e| format!("cannot create folder: {e}"))?
-                .ok_or_else(|| "the root cannot be replaced".to_owned())?;
+                .map_err(EntryError::Folder)?
+                .ok_or(EntryError::AtRoot)?;
             let temp = match &node.kind {
                 NodeKind::Symlink { target } => Temp::make(&dir, |d, tmp| {
                     rustix::fs::symlinkat(OsStr::from_bytes(target), d, tmp)
                 })
-                .map_err(|e| format!("cannot create symlink: {e}"))?,
+                .map_err(EntryError::Symlink)?,
                 _ => make_special(&dir, node)?,
             };
             self.apply(
@@ -75,13 +77,11 @@ impl Shared {
                 },
                 node,
                 &shown,
-            )
-            .map_err(|e| e.to_string())?;
-            temp.place(&name)
-                .map_err(|e| format!("cannot move into place: {e}"))
+            )?;
+            temp.place(&name).map_err(EntryError::Place)
         })();
         if let Err(e) = made {
-            self.file_error(&shown, e);
+            self.file_error(&shown, e.to_string());
         }
     }
 
@@ -94,13 +94,10 @@ impl Shared {
             Err(e) => Err(e),
         };
         let result = open
-            .map_err(|e| format!("cannot open folder: {e}"))
-            .and_then(|f| {
-                self.apply(On::Open(&f), d.node(), &shown)
-                    .map_err(|e| e.to_string())
-            });
+            .map_err(EntryError::OpenFolder)
+            .and_then(|f| Ok(self.apply(On::Open(&f), d.node(), &shown)?));
         if let Err(e) = result {
-            self.file_error(&shown, e);
+            self.file_error(&shown, e.to_string());
         }
     }
 
@@ -125,19 +122,22 @@ fn not_root() -> std::io::Error {
 }
 
 /// Creates a FIFO, device node or socket file under a temporary name.
-fn make_special(dir: &super::beneath::Dir, node: &Node) -> Result<Temp, String> {
+fn make_special(dir: &super::beneath::Dir, node: &Node) -> Result<Temp, EntryError> {
     use rustix::fs::{FileType, Mode};
     let (file_type, rdev) = match &node.kind {
         NodeKind::Fifo => (FileType::Fifo, 0),
         NodeKind::Socket => (FileType::Socket, 0),
         NodeKind::Device { rdev } => (FileType::from_raw_mode(node.mode), *rdev),
-        _ => return Err("not a special file".into()),
+        _ => return Err(EntryError::NotSpecial),
     };
     if matches!(node.kind, NodeKind::Device { .. }) && !rustix::process::geteuid().is_root() {
-        return Err("device nodes can only be created by root; run the agent as root".into());
+        return Err(EntryError::DeviceNotRoot);
     }
     Temp::make(dir, |d, tmp| {
         rustix::fs::mknodat(d, tmp, file_type, Mode::from_raw_mode(0o600), rdev)
     })
-    .map_err(|e| format!("cannot create {}: {e}", node.kind.name()))
+    .map_err(|source| EntryError::Special {
+        kind: node.kind.name(),
+        source,
+    })
 }

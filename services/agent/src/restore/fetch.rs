@@ -10,6 +10,7 @@ use arca_schemas::msg::{ChunkData, ChunksData, FetchedChunk, GetChunk, GetChunks
 use crate::error::AgentError;
 use crate::patience::Patience;
 
+use super::failure::EntryError;
 use super::file::Ctx;
 
 pub(super) async fn get_chunk(
@@ -118,12 +119,12 @@ pub(super) async fn fetch_and_write(
                 }
                 Ok(FetchedChunk { error, .. }) => ctx.fail(
                     i,
-                    format!(
-                        "chunk {id}: {}",
-                        error.map(|e| e.message).unwrap_or_else(|| "missing".into())
-                    ),
+                    EntryError::Fetch {
+                        id,
+                        reason: error.map(|e| e.message).unwrap_or_else(|| "missing".into()),
+                    },
                 ),
-                Err(e) => ctx.fail(i, format!("chunk {id}: {e}")),
+                Err(reason) => ctx.fail(i, EntryError::Fetch { id, reason }),
             }
             if ctx.files[i].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 ctx.finish_file(i);

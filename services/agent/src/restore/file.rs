@@ -13,6 +13,7 @@ use arca_schemas::msg::FetchedChunk;
 
 use super::beneath::Temp;
 use super::check::Checked;
+use super::failure::EntryError;
 use super::fetch::check_id;
 use super::metadata::On;
 use super::shared::Shared;
@@ -42,7 +43,7 @@ pub(super) struct FileState {
     /// last; the descriptor is held only while the file is being written.
     pub(super) tmp: Mutex<Slot>,
     pub(super) remaining: AtomicUsize,
-    pub(super) failed: Mutex<Option<String>>,
+    pub(super) failed: Mutex<Option<EntryError>>,
 }
 
 /// The files of one tree chunk being restored.
@@ -108,7 +109,7 @@ impl Ctx {
         true
     }
 
-    pub(super) fn fail(&self, i: usize, error: String) {
+    pub(super) fn fail(&self, i: usize, error: EntryError) {
         self.files[i]
             .failed
             .lock()
@@ -122,24 +123,24 @@ impl Ctx {
     fn with_file<R>(
         &self,
         i: usize,
-        f: impl FnOnce(&File) -> Result<R, String>,
-    ) -> Result<R, String> {
+        f: impl FnOnce(&File) -> Result<R, EntryError>,
+    ) -> Result<R, EntryError> {
         let state = &self.files[i];
         let mut slot = state.tmp.lock().expect("file lock");
         if matches!(*slot, Slot::New) {
             let (dir, _) = self
                 .beneath
                 .parent(state.node.path())
-                .map_err(|e| format!("cannot create folder: {e}"))?
-                .ok_or_else(|| "the root cannot be replaced by a file".to_owned())?;
-            let (tmp, file) = Temp::file(&dir).map_err(|e| format!("cannot create file: {e}"))?;
+                .map_err(EntryError::Folder)?
+                .ok_or(EntryError::FileAtRoot)?;
+            let (tmp, file) = Temp::file(&dir).map_err(EntryError::Create)?;
             file.set_len(state.node.node().size)
-                .map_err(|e| format!("cannot size file: {e}"))?;
+                .map_err(EntryError::Size)?;
             *slot = Slot::Open(tmp, file);
         }
         match &*slot {
             Slot::Open(_, file) => f(file),
-            _ => Err("the file was already closed".into()),
+            _ => Err(EntryError::Closed),
         }
     }
 
@@ -157,19 +158,20 @@ impl Ctx {
         };
         let sparse = self.files[i].node.node().sparse;
         let written = check_id(self.granted, id, got.check)
-            .map_err(|e| e.to_string())
+            .map_err(EntryError::Check)
             .and_then(|check| {
-                frame::decode(frame_bytes, &self.key, &check).map_err(|e| e.to_string())
+                frame::decode(frame_bytes, &self.key, &check).map_err(EntryError::Chunk)
             })
             .and_then(|data| {
                 if data.len() != size {
-                    return Err(format!(
-                        "chunk {id} holds {} bytes where the snapshot's tree says {size}",
-                        data.len()
-                    ));
+                    return Err(EntryError::ChunkLength {
+                        id,
+                        got: data.len(),
+                        size,
+                    });
                 }
                 self.with_file(i, |file| {
-                    write_at(file, &data, offset, sparse).map_err(|e| format!("write failed: {e}"))
+                    write_at(file, &data, offset, sparse).map_err(EntryError::Write)
                 })?;
                 Ok(data.len())
             });
@@ -219,17 +221,17 @@ impl Ctx {
         }
         let result = self
             .apply(On::Open(&file), f.node.node(), &f.shown)
-            .map_err(|e| e.to_string())
+            .map_err(EntryError::from)
             .and_then(|_| {
                 let (_, name) = f.node.path().split_last().expect("a file is not the root");
                 tmp.place(&super::beneath::c_name(name))
-                    .map_err(|e| format!("cannot move into place: {e}"))
+                    .map_err(EntryError::Place)
             });
         match result {
             Ok(()) => self.progress.lock().expect("progress lock").stats.files += 1,
             Err(e) => {
                 self.not_restored(i);
-                self.file_error(&f.shown, e)
+                self.file_error(&f.shown, e.to_string())
             }
         }
     }

@@ -29,6 +29,7 @@
 mod beneath;
 mod check;
 mod entries;
+mod failure;
 mod fetch;
 mod file;
 mod metadata;

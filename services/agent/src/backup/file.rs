@@ -10,16 +10,7 @@ use crate::error::AgentError;
 use crate::meta::Stat;
 
 use super::readers::{FileRead, ReadJob, read_file, take_chunk};
-use super::tree::Slot;
-use super::walk::Reader;
-
-/// A file with several names, as first met.
-pub(super) struct FirstName {
-    path: Vec<u8>,
-    chunks: Vec<ChunkId>,
-    sizes: Vec<u32>,
-    size: u64,
-}
+use super::state::{FirstName, Reader, Slot};
 
 impl Reader<'_> {
     /// A regular file; `before` is the parent's node for its path.

@@ -19,6 +19,7 @@ mod folder;
 mod parent;
 mod readers;
 mod sink;
+mod state;
 mod tree;
 mod walk;
 

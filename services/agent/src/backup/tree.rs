@@ -1,16 +1,13 @@
 //! The tree in walk order: entries queue behind files still being read
 //! and go into tree batches, each sent as a tree chunk, as they are ready.
 
-use std::path::PathBuf;
-
 use arca_repo::frame;
 use arca_schemas::codec;
 use arca_schemas::tree::Node;
 
 use crate::error::AgentError;
 
-use super::readers::FileRead;
-use super::walk::Reader;
+use super::state::{Reader, Slot};
 
 /// Nodes per tree chunk.
 const TREE_BATCH: usize = 4096;
@@ -18,16 +15,6 @@ const TREE_BATCH: usize = 4096;
 /// Files handed to the readers and not yet put into the tree, at most: the
 /// walker waits for the oldest when there are more.
 const OUTSTANDING: usize = 1024;
-
-/// An entry of the tree in walk order, maybe still being read.
-pub(super) enum Slot {
-    Dir(Node),
-    Node(Node),
-    File {
-        path: PathBuf,
-        read: std::sync::mpsc::Receiver<Result<FileRead, AgentError>>,
-    },
-}
 
 impl Reader<'_> {
     /// Queues an entry behind those still being read, and puts into the

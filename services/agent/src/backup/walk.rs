@@ -7,7 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use arca_schemas::ChunkId;
 use arca_schemas::tree::{Node, NodeKind, TreeBatch};
 
 use crate::application::{Addition, postgresql};
@@ -17,12 +16,10 @@ use crate::progress::Progress;
 use crate::select::Filter;
 
 use super::chunking::{ChunkParams, chunker};
-use super::file::FirstName;
 use super::folder::{Folder, OPEN_FOLDERS};
-use super::parent::Parent;
 use super::readers::{ReadJob, reader_thread};
 use super::sink::{ChunkSink, HasAsker};
-use super::tree::Slot;
+use super::state::{Reader, Slot};
 use super::{Item, Walk};
 
 /// Threads listing folders ahead of the walk.
@@ -30,34 +27,6 @@ const PREFETCH_THREADS: usize = 8;
 
 /// The signature a `CACHEDIR.TAG` file starts with.
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
-
-pub(super) struct Reader<'a> {
-    pub(super) parent: Parent,
-    pub(super) params: ChunkParams,
-    pub(super) key: [u8; 32],
-    /// The walker's own sink: tree chunks, files with several names and
-    /// what the application hooks add.
-    pub(super) sink: ChunkSink,
-    /// Files for the readers.
-    pub(super) jobs: Option<std::sync::mpsc::SyncSender<ReadJob>>,
-    /// The tree's entries in walk order, from the oldest not yet in it.
-    pub(super) slots: std::collections::VecDeque<Slot>,
-    pub(super) progress: &'a Mutex<Progress>,
-    pub(super) filter: Filter,
-    pub(super) one_file_system: bool,
-    pub(super) exclude_caches: bool,
-    pub(super) names: Names,
-    /// Files with several names, by (device, inode).
-    pub(super) links: HashMap<(u64, u64), FirstName>,
-    /// With include patterns: folders met but not yet written, because
-    /// nothing under them was taken yet (each is inside the one before).
-    pub(super) held: Vec<Node>,
-    /// PostgreSQL data directories in backup mode: what a base backup
-    /// omits is left out.
-    pub(super) postgresql: Vec<PathBuf>,
-    pub(super) batch: TreeBatch,
-    pub(super) tree: Vec<ChunkId>,
-}
 
 /// The walker thread: walks, hands files to `readers` reader threads, and
 /// feeds the sender. `finish` runs once every path was read (it ends

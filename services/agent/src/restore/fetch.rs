@@ -24,21 +24,6 @@ pub(super) async fn get_chunk(
     Ok(patience.request(client, subject, &body).await?)
 }
 
-/// The id a fetched chunk's plain bytes are checked against: its own id
-/// under the snapshot system's key; within a restore session (another
-/// system's snapshot, whose key this agent is not given) the check value
-/// media computed with the grant's key after checking the chunk itself.
-pub(super) fn check_id(
-    granted: bool,
-    id: ChunkId,
-    check: Option<ChunkId>,
-) -> Result<ChunkId, AgentError> {
-    if !granted {
-        return Ok(id);
-    }
-    check.ok_or(AgentError::NoCheckValue(id))
-}
-
 /// Most chunks, and plain bytes, fetched in one request.
 const GET_BATCH_CHUNKS: usize = 256;
 const GET_BATCH_BYTES: usize = 2 << 20;

@@ -14,7 +14,6 @@ use arca_schemas::msg::FetchedChunk;
 use super::beneath::Temp;
 use super::check::Checked;
 use super::failure::EntryError;
-use super::fetch::check_id;
 use super::metadata::On;
 use super::shared::Shared;
 
@@ -157,7 +156,8 @@ impl Ctx {
             return;
         };
         let sparse = self.files[i].node.node().sparse;
-        let written = check_id(self.granted, id, got.check)
+        let written = self
+            .check_id(id, got.check)
             .map_err(EntryError::Check)
             .and_then(|check| {
                 frame::decode(frame_bytes, &self.key, &check).map_err(EntryError::Chunk)

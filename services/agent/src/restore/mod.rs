@@ -56,7 +56,7 @@ use crate::progress::Progress;
 use crate::select::Filter;
 use beneath::Beneath;
 use check::Checked;
-use fetch::{check_id, fetch_and_write, get_chunk, piece_batches};
+use fetch::{fetch_and_write, get_chunk, piece_batches};
 use file::{Ctx, FileState, Slot};
 use metadata::Privileges;
 use rustix::fs::OFlags;
@@ -197,7 +197,7 @@ async fn restore(
     let mut in_flight = FuturesUnordered::new();
     for id in &snap.tree {
         let got = get_chunk(client, &get_subject, *id, req.session.clone(), patience).await?;
-        let check = check_id(shared.granted, *id, got.check)?;
+        let check = shared.check_id(*id, got.check)?;
         let plain = frame::decode(&got.frame, &req.chunk_key, &check)?;
         let batch: TreeBatch =
             codec::decode(&plain).map_err(|source| AgentError::Tree { id: *id, source })?;

@@ -6,15 +6,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use arca_schemas::ChunkId;
 use arca_schemas::tree::Node;
 
+use crate::error::AgentError;
 use crate::meta::Names;
 use crate::progress::Progress;
 
 use super::beneath::Beneath;
 use super::check::Refused;
-use super::metadata::MetadataError;
-use super::metadata::{On, Privileges};
+use super::metadata::{MetadataError, On, Privileges};
 
 /// Entries a report names one by one for each kind of privilege left out;
 /// the rest are counted.
@@ -49,6 +50,21 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The id a fetched chunk's plain bytes are checked against: its own id
+    /// under the snapshot system's key; within a restore session (another
+    /// system's snapshot, whose key this agent is not given) the check value
+    /// media computed with the grant's key after checking the chunk itself.
+    pub(super) fn check_id(
+        &self,
+        id: ChunkId,
+        check: Option<ChunkId>,
+    ) -> Result<ChunkId, AgentError> {
+        if !self.granted {
+            return Ok(id);
+        }
+        check.ok_or(AgentError::NoCheckValue(id))
+    }
+
     /// A node's path under the restore root, escaped, for reports.
     pub(super) fn shown(&self, path: &[u8]) -> String {
         let mut full = self.root.as_os_str().as_bytes().to_vec();

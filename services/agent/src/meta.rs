@@ -83,20 +83,37 @@ impl From<&std::fs::Metadata> for Stat {
     }
 }
 
+/// Why the extended attributes of a file could not be read (the file is
+/// then stored without them, with a warning).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum XattrError {
+    /// The names could not be listed.
+    #[error("cannot list extended attributes: {0}")]
+    List(Errno),
+    /// The attribute `name` could not be read.
+    #[error("cannot read extended attribute {}: {source}", name.display())]
+    Read {
+        /// The attribute.
+        name: std::ffi::OsString,
+        /// The cause.
+        source: Errno,
+    },
+}
+
 /// Reads every extended attribute of `path` (not following a symlink),
 /// sorted by name. A file system without attributes gives none.
-pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, String> {
+pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, XattrError> {
     let mut names = vec![0u8; 1024];
     let len = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => {
-                let need = rustix::fs::llistxattr_query(path)
-                    .map_err(|e| format!("cannot list extended attributes: {e}"))?;
+                let need = rustix::fs::llistxattr_query(path).map_err(XattrError::List)?;
                 names.resize(need.max(names.len() * 2), 0);
             }
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(format!("cannot list extended attributes: {e}")),
+            Err(e) => return Err(XattrError::List(e)),
         }
     };
     let mut out = Vec::new();
@@ -107,18 +124,21 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, String> {
             match rustix::fs::lgetxattr(path, name_os, &mut value[..]) {
                 Ok(n) => break n,
                 Err(Errno::RANGE) => {
-                    let need = rustix::fs::lgetxattr_query(path, name_os).map_err(|e| {
-                        format!("cannot read extended attribute {}: {e}", name_os.display())
+                    let need = rustix::fs::lgetxattr_query(path, name_os).map_err(|source| {
+                        XattrError::Read {
+                            name: name_os.to_owned(),
+                            source,
+                        }
                     })?;
                     value.resize(need.max(value.len() * 2), 0);
                 }
                 // Removed between listing and reading.
                 Err(Errno::NODATA) => break usize::MAX,
-                Err(e) => {
-                    return Err(format!(
-                        "cannot read extended attribute {}: {e}",
-                        name_os.display()
-                    ));
+                Err(source) => {
+                    return Err(XattrError::Read {
+                        name: name_os.to_owned(),
+                        source,
+                    });
                 }
             }
         };

@@ -5,6 +5,23 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use arca_schemas::PathFilter;
 
+/// A pattern that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// The pattern named is not a glob.
+    #[error("pattern {pattern:?}: {source}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it does not compile.
+        source: globset::Error,
+    },
+    /// The patterns together do not compile.
+    #[error(transparent)]
+    Set(globset::Error),
+}
+
 /// A compiled set of patterns.
 #[derive(Debug, Default)]
 struct Patterns {
@@ -15,19 +32,22 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn new(patterns: &[String]) -> Result<Patterns, String> {
+    fn new(patterns: &[String]) -> Result<Patterns, PatternError> {
         if patterns.is_empty() {
             return Ok(Patterns::default());
         }
         let (mut whole, mut name) = (GlobSetBuilder::new(), GlobSetBuilder::new());
         let (mut any_whole, mut any_name) = (false, false);
         for p in patterns {
-            let glob = |text: &str| -> Result<Glob, String> {
+            let glob = |text: &str| -> Result<Glob, PatternError> {
                 GlobBuilder::new(text)
                     .literal_separator(true)
                     .backslash_escape(true)
                     .build()
-                    .map_err(|e| format!("pattern {p:?}: {e}"))
+                    .map_err(|source| PatternError::Pattern {
+                        pattern: p.clone(),
+                        source,
+                    })
             };
             if p.contains('/') {
                 // A pattern names an absolute path; a trailing slash means
@@ -45,7 +65,7 @@ impl Patterns {
                 any_name = true;
             }
         }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| e.to_string());
+        let build = |b: GlobSetBuilder| b.build().map_err(PatternError::Set);
         Ok(Patterns {
             whole: if any_whole { Some(build(whole)?) } else { None },
             name: if any_name { Some(build(name)?) } else { None },
@@ -100,7 +120,7 @@ pub struct Filter {
 
 impl Filter {
     /// Compiles `filter`; an unreadable pattern is named in the error.
-    pub fn new(filter: &PathFilter) -> Result<Filter, String> {
+    pub fn new(filter: &PathFilter) -> Result<Filter, PatternError> {
         Ok(Filter {
             include: Patterns::new(&filter.include)?,
             exclude: Patterns::new(&filter.exclude)?,
@@ -202,6 +222,6 @@ mod tests {
             exclude: vec![],
         })
         .unwrap_err();
-        assert!(e.contains("/a/["), "{e}");
+        assert!(e.to_string().contains("/a/["), "{e}");
     }
 }

@@ -182,7 +182,7 @@ impl JobApps {
             let r = match h {
                 Held::PgBackup(b) => b.end().await,
                 Held::PgRestore(r) => r.finish(restored).await,
-                Held::Suspended(s) => s.resume(),
+                Held::Suspended(s) => s.resume().map_err(|e| e.to_string()),
             };
             match r {
                 Ok(l) => lines.push(l),

@@ -15,6 +15,87 @@ use std::time::{Duration, Instant};
 use arca_schemas::SuspendSpec;
 use rustix::process::{Pid, Signal};
 
+/// Why processes could not be stopped or continued. None is helped by a
+/// retry as such: each names what to correct (the spec, the unit, the
+/// process that would not stop).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SuspendError {
+    /// A number that is no process id.
+    #[error("{0} is not a process id")]
+    NotAPid(i32),
+    /// The unit has no cgroup where it is looked for.
+    #[error("unit {unit}: no cgroup at {} (is it running, on cgroup v2?)", dir.display())]
+    NoCgroup {
+        /// The unit.
+        unit: String,
+        /// Where its cgroup was looked for.
+        dir: PathBuf,
+    },
+    /// The unit's cgroup holds no process.
+    #[error("unit {0} has no processes")]
+    EmptyUnit(String),
+    /// The pid file cannot be read.
+    #[error("cannot read pid-file {file}: {source}")]
+    PidFile {
+        /// The pid file.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pid file does not start with a process id.
+    #[error("pid-file {0} does not start with a process id")]
+    PidFileContent(String),
+    /// The process the pid file names has no group to be found.
+    #[error("process {pid} of pid-file {file}: {source}")]
+    PidFileProcess {
+        /// The process.
+        pid: i32,
+        /// The pid file.
+        file: String,
+        /// The cause.
+        source: rustix::io::Errno,
+    },
+    /// The spec names no processes.
+    #[error("suspend names no processes")]
+    NothingNamed,
+    /// The group named holds the agent.
+    #[error("refusing to stop process group {0}: the agent itself belongs to it")]
+    OwnGroup(i32),
+    /// The processes named hold the agent or process 1.
+    #[error("refusing to stop {0}: it holds the agent or process 1")]
+    HoldsAgent(String),
+    /// Nothing runs of what is named.
+    #[error("{0}: no such processes")]
+    NoSuchProcesses(String),
+    /// Some processes did not stop in time; all were continued again.
+    #[error("{what}: processes {running} did not stop within {secs}s; continued them again")]
+    NotStopped {
+        /// What was to be stopped.
+        what: String,
+        /// The processes still running, with their states.
+        running: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// A process group could not be signalled.
+    #[error("cannot signal process group {group}: {source}")]
+    SignalGroup {
+        /// The group.
+        group: i32,
+        /// The cause.
+        source: rustix::io::Errno,
+    },
+    /// A process could not be signalled.
+    #[error("cannot signal process {pid}: {source}")]
+    SignalProcess {
+        /// The process.
+        pid: i32,
+        /// The cause.
+        source: rustix::io::Errno,
+    },
+}
+
 /// What was stopped.
 #[derive(Debug)]
 enum Target {
@@ -29,8 +110,8 @@ pub struct Suspended {
     what: String,
 }
 
-fn pid(n: i32) -> Result<Pid, String> {
-    Pid::from_raw(n).ok_or_else(|| format!("{n} is not a process id"))
+fn pid(n: i32) -> Result<Pid, SuspendError> {
+    Pid::from_raw(n).ok_or(SuspendError::NotAPid(n))
 }
 
 /// (process group, state) of a process, from `/proc/<pid>/stat`.
@@ -68,7 +149,7 @@ fn members(pgid: i32) -> Vec<i32> {
 }
 
 /// The processes of a unit's cgroup and of the cgroups below it.
-fn unit_pids(unit: &str) -> Result<Vec<i32>, String> {
+fn unit_pids(unit: &str) -> Result<Vec<i32>, SuspendError> {
     let from_systemd = std::process::Command::new("systemctl")
         .args(["show", "-P", "ControlGroup", unit])
         .output()
@@ -81,15 +162,15 @@ fn unit_pids(unit: &str) -> Result<Vec<i32>, String> {
         None => PathBuf::from(format!("/sys/fs/cgroup/system.slice/{unit}")),
     };
     if !dir.is_dir() {
-        return Err(format!(
-            "unit {unit}: no cgroup at {} (is it running, on cgroup v2?)",
-            dir.display()
-        ));
+        return Err(SuspendError::NoCgroup {
+            unit: unit.to_owned(),
+            dir,
+        });
     }
     let mut pids = Vec::new();
     collect(&dir, &mut pids);
     if pids.is_empty() {
-        return Err(format!("unit {unit} has no processes"));
+        return Err(SuspendError::EmptyUnit(unit.to_owned()));
     }
     Ok(pids)
 }
@@ -109,21 +190,27 @@ fn collect(dir: &Path, pids: &mut Vec<i32>) {
 
 impl Suspended {
     /// Stops the processes and waits until each is seen stopped.
-    pub async fn stop(spec: &SuspendSpec) -> Result<(Suspended, String), String> {
+    pub async fn stop(spec: &SuspendSpec) -> Result<(Suspended, String), SuspendError> {
         let me = std::process::id() as i32;
         let my_group = rustix::process::getpgrp().as_raw_nonzero().get();
         let (target, what) = if let Some(g) = spec.process_group {
             (Target::Group(g), format!("process group {g}"))
         } else if let Some(f) = &spec.pid_file {
-            let text =
-                std::fs::read_to_string(f).map_err(|e| format!("cannot read pid-file {f}: {e}"))?;
+            let text = std::fs::read_to_string(f).map_err(|source| SuspendError::PidFile {
+                file: f.clone(),
+                source,
+            })?;
             let p: i32 = text
                 .lines()
                 .next()
                 .and_then(|l| l.trim().parse().ok())
-                .ok_or_else(|| format!("pid-file {f} does not start with a process id"))?;
+                .ok_or_else(|| SuspendError::PidFileContent(f.clone()))?;
             let g = rustix::process::getpgid(Some(pid(p)?))
-                .map_err(|e| format!("process {p} of pid-file {f}: {e}"))?
+                .map_err(|source| SuspendError::PidFileProcess {
+                    pid: p,
+                    file: f.clone(),
+                    source,
+                })?
                 .as_raw_nonzero()
                 .get();
             (
@@ -135,26 +222,22 @@ impl Suspended {
             let what = format!("the {} process(es) of unit {u}", pids.len());
             (Target::Pids(pids), what)
         } else {
-            return Err("suspend names no processes".to_owned());
+            return Err(SuspendError::NothingNamed);
         };
         let pids = match &target {
             Target::Group(g) => {
                 if *g == my_group || *g <= 1 {
-                    return Err(format!(
-                        "refusing to stop process group {g}: the agent itself belongs to it"
-                    ));
+                    return Err(SuspendError::OwnGroup(*g));
                 }
                 members(*g)
             }
             Target::Pids(p) => p.clone(),
         };
         if pids.contains(&me) || pids.contains(&1) {
-            return Err(format!(
-                "refusing to stop {what}: it holds the agent or process 1"
-            ));
+            return Err(SuspendError::HoldsAgent(what));
         }
         if pids.is_empty() {
-            return Err(format!("{what}: no such processes"));
+            return Err(SuspendError::NoSuchProcesses(what));
         }
         let s = Suspended { target, what };
         s.signal(Signal::STOP)?;
@@ -188,12 +271,11 @@ impl Suspended {
                         format!("{p} (state {state}, waiting in {wchan:?})")
                     })
                     .collect();
-                return Err(format!(
-                    "{}: processes {} did not stop within {}s; continued them again",
-                    s.what,
-                    states.join(", "),
-                    spec.timeout_secs
-                ));
+                return Err(SuspendError::NotStopped {
+                    what: s.what,
+                    running: states.join(", "),
+                    secs: spec.timeout_secs,
+                });
             }
             // A process forked meanwhile into the group is stopped too.
             let _ = s.signal(Signal::STOP);
@@ -203,16 +285,16 @@ impl Suspended {
         Ok((s, note))
     }
 
-    fn signal(&self, sig: Signal) -> Result<(), String> {
+    fn signal(&self, sig: Signal) -> Result<(), SuspendError> {
         match &self.target {
             Target::Group(g) => rustix::process::kill_process_group(pid(*g)?, sig)
-                .map_err(|e| format!("cannot signal process group {g}: {e}")),
+                .map_err(|source| SuspendError::SignalGroup { group: *g, source }),
             Target::Pids(pids) => {
                 for p in pids {
                     // One that ended meanwhile needs nothing.
                     match rustix::process::kill_process(pid(*p)?, sig) {
                         Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-                        Err(e) => return Err(format!("cannot signal process {p}: {e}")),
+                        Err(source) => return Err(SuspendError::SignalProcess { pid: *p, source }),
                     }
                 }
                 Ok(())
@@ -221,7 +303,7 @@ impl Suspended {
     }
 
     /// Continues the processes.
-    pub fn resume(self) -> Result<String, String> {
+    pub fn resume(self) -> Result<String, SuspendError> {
         if let Target::Group(g) = &self.target
             && members(*g).is_empty()
         {

@@ -10,15 +10,50 @@
 //! refused by name and nothing is written for it.
 
 use arca_frame::MAX_CHUNK;
-use arca_schemas::path::TreePath;
+use arca_schemas::path::{PathError, TreePath};
 use arca_schemas::tree::{Node, NodeKind};
+
+/// Why a node of the tree is refused. A retry does not help: the tree is
+/// what it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The node's path is not a safe path.
+    #[error("refused: unsafe path in the snapshot: {0}")]
+    Path(PathError),
+    /// The first name of a hard-linked file is not a safe path.
+    #[error("refused: the snapshot links it to an unsafe path: {0}")]
+    LinkPath(PathError),
+    /// The chunk list and the sizes list differ in length.
+    #[error("refused: the snapshot's tree lists {chunks} chunks but {sizes} chunk sizes for it")]
+    Lengths {
+        /// Chunks listed.
+        chunks: usize,
+        /// Sizes listed.
+        sizes: usize,
+    },
+    /// A chunk is larger than the repository allows.
+    #[error(
+        "refused: the snapshot's tree gives it a chunk of {0} bytes, above the \
+         largest chunk the repository allows ({MAX_CHUNK} bytes)"
+    )]
+    ChunkSize(u32),
+    /// The sizes do not add up to the file's size.
+    #[error("refused: the snapshot's tree gives it {size} bytes but chunks adding up to {sum}")]
+    Sum {
+        /// The file's size.
+        size: u64,
+        /// The sum of its chunk sizes.
+        sum: u64,
+    },
+}
 
 /// A node whose paths and chunk list passed [`Checked::new`].
 pub struct Checked(Node);
 
 impl Checked {
     /// Checks `node`; on refusal, gives it back and says why.
-    pub fn new(node: Node) -> Result<Checked, (Box<Node>, String)> {
+    pub fn new(node: Node) -> Result<Checked, (Box<Node>, Refused)> {
         match check(&node) {
             Ok(()) => Ok(Checked(node)),
             Err(e) => Err((Box::new(node), e)),
@@ -56,33 +91,27 @@ impl Checked {
     }
 }
 
-fn check(node: &Node) -> Result<(), String> {
-    TreePath::parse(&node.path)
-        .map_err(|e| format!("refused: unsafe path in the snapshot: {e}"))?;
+fn check(node: &Node) -> Result<(), Refused> {
+    TreePath::parse(&node.path).map_err(Refused::Path)?;
     if let Some(first) = &node.hardlink {
-        TreePath::parse(first)
-            .map_err(|e| format!("refused: the snapshot links it to an unsafe path: {e}"))?;
+        TreePath::parse(first).map_err(Refused::LinkPath)?;
     }
     if let NodeKind::File { chunks, sizes } = &node.kind {
         if chunks.len() != sizes.len() {
-            return Err(format!(
-                "refused: the snapshot's tree lists {} chunks but {} chunk sizes for it",
-                chunks.len(),
-                sizes.len()
-            ));
+            return Err(Refused::Lengths {
+                chunks: chunks.len(),
+                sizes: sizes.len(),
+            });
         }
         if let Some(s) = sizes.iter().find(|s| **s as usize > MAX_CHUNK) {
-            return Err(format!(
-                "refused: the snapshot's tree gives it a chunk of {s} bytes, above the \
-                 largest chunk the repository allows ({MAX_CHUNK} bytes)"
-            ));
+            return Err(Refused::ChunkSize(*s));
         }
         let sum: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
         if sum != node.size {
-            return Err(format!(
-                "refused: the snapshot's tree gives it {} bytes but chunks adding up to {sum}",
-                node.size
-            ));
+            return Err(Refused::Sum {
+                size: node.size,
+                sum,
+            });
         }
     }
     Ok(())
@@ -127,7 +156,7 @@ mod tests {
                 panic!("{bad:?} accepted");
             };
             assert_eq!(n.path, bad);
-            assert!(why.contains("unsafe path"), "{why}");
+            assert!(why.to_string().contains("unsafe path"), "{why}");
         }
         let mut link = file(0, vec![], 0);
         link.hardlink = Some(b"/../etc/shadow".to_vec());

@@ -129,6 +129,39 @@ fn kind_type(node: &Node) -> Option<FileType> {
     }
 }
 
+/// Why the metadata of a restored entry could not be set (the entry is
+/// then reported as a file error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// The owner could not be set (only root may give files away).
+    #[error("cannot set owner: {0}")]
+    Owner(rustix::io::Errno),
+    /// The mode could not be set.
+    #[error("cannot set mode: {0}")]
+    Mode(rustix::io::Errno),
+    /// An extended attribute could not be set.
+    #[error("cannot set extended attribute {}: {source}", OsStr::from_bytes(name).display())]
+    Xattr {
+        /// The attribute.
+        name: Vec<u8>,
+        /// The cause.
+        source: rustix::io::Errno,
+    },
+    /// The modification time could not be set.
+    #[error("cannot set mtime: {0}")]
+    Mtime(rustix::io::Errno),
+    /// The entry could not be opened to set its metadata.
+    #[error("cannot open to set metadata: {0}")]
+    Open(rustix::io::Errno),
+    /// The entry's metadata could not be read.
+    #[error("cannot read metadata: {0}")]
+    Stat(rustix::io::Errno),
+    /// Another entry stands where the restored one was made.
+    #[error("it was replaced while being restored; metadata not set")]
+    Replaced,
+}
+
 /// Sets owner, mode, extended attributes and mtime, in that order (an ACL
 /// adjusts the mode; a change of owner clears set-id bits), as far as
 /// `privileges` keeps them. Symlinks get no mode.
@@ -137,7 +170,7 @@ pub fn apply(
     node: &Node,
     names: &mut Names,
     privileges: &Privileges,
-) -> Result<(), String> {
+) -> Result<(), MetadataError> {
     let (uid, gid) = privileges.owner(node, names);
     let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
     let mode = Mode::from_raw_mode(privileges.mode(node));
@@ -154,11 +187,9 @@ pub fn apply(
         .xattrs
         .iter()
         .filter(|x| privileges.keeps_xattr(&x.name));
-    let xattr_error = |name: &[u8], e| {
-        format!(
-            "cannot set extended attribute {}: {e}",
-            OsStr::from_bytes(name).display()
-        )
+    let xattr_error = |name: &[u8], source| MetadataError::Xattr {
+        name: name.to_vec(),
+        source,
     };
     match on {
         On::Open(file) => {
@@ -167,9 +198,9 @@ pub fn apply(
             if let Err(e) = owner
                 && root
             {
-                return Err(format!("cannot set owner: {e}"));
+                return Err(MetadataError::Owner(e));
             }
-            rustix::fs::fchmod(file, mode).map_err(|e| format!("cannot set mode: {e}"))?;
+            rustix::fs::fchmod(file, mode).map_err(MetadataError::Mode)?;
             for x in xattrs {
                 rustix::fs::fsetxattr(
                     file,
@@ -179,7 +210,7 @@ pub fn apply(
                 )
                 .map_err(|e| xattr_error(&x.name, e))?;
             }
-            rustix::fs::futimens(file, &times).map_err(|e| format!("cannot set mtime: {e}"))
+            rustix::fs::futimens(file, &times).map_err(MetadataError::Mtime)
         }
         On::At { dir, name } => {
             let fd: OwnedFd = rustix::fs::openat(
@@ -188,11 +219,11 @@ pub fn apply(
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| format!("cannot open to set metadata: {e}"))?;
-            let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot read metadata: {e}"))?;
+            .map_err(MetadataError::Open)?;
+            let st = rustix::fs::fstat(&fd).map_err(MetadataError::Stat)?;
             let symlink = matches!(node.kind, NodeKind::Symlink { .. });
             if kind_type(node) != Some(FileType::from_raw_mode(st.st_mode)) {
-                return Err("it was replaced while being restored; metadata not set".into());
+                return Err(MetadataError::Replaced);
             }
             let owner = rustix::fs::chownat(
                 fd.as_fd(),
@@ -204,13 +235,12 @@ pub fn apply(
             if let Err(e) = owner
                 && root
             {
-                return Err(format!("cannot set owner: {e}"));
+                return Err(MetadataError::Owner(e));
             }
             if !symlink {
                 // The descriptor's own inode, through procfs (a path
                 // descriptor cannot be passed to fchmod).
-                rustix::fs::chmod(proc_fd(&fd), mode)
-                    .map_err(|e| format!("cannot set mode: {e}"))?;
+                rustix::fs::chmod(proc_fd(&fd), mode).map_err(MetadataError::Mode)?;
             }
             for x in xattrs {
                 let name_os = OsStr::from_bytes(&x.name);
@@ -235,7 +265,7 @@ pub fn apply(
                 set.map_err(|e| xattr_error(&x.name, e))?;
             }
             rustix::fs::utimensat(&**dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| format!("cannot set mtime: {e}"))
+                .map_err(MetadataError::Mtime)
         }
     }
 }

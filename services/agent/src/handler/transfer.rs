@@ -65,12 +65,11 @@ impl Agent {
             return Ok(TransferAccepted { started: false });
         };
         tracing::info!(job = %req.job, paths = ?req.paths, "backup transfer started");
-        let deadline_secs = req.deadline_secs;
-        let me = self.clone();
         let job = req.job;
         let apps = self.apps.lock().expect("apps lock").get(&job).cloned();
-        let task = tokio::spawn(async move {
-            let job = req.job;
+        let (me, shown) = (self.clone(), progress.clone());
+        let work = async move {
+            let deadline_secs = req.deadline_secs;
             let outcome = backup::run(
                 me.client.clone(),
                 me.config.system.clone(),
@@ -83,19 +82,13 @@ impl Agent {
                 me.params,
                 me.config.window,
                 me.patience(deadline_secs),
-                progress.clone(),
+                shown,
             )
             .await;
             tracing::info!(%job, snapshot = ?outcome.snapshot, error = ?outcome.error, "backup transfer ended");
-            tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
-            progress.lock().expect("progress lock").outcome = Some(outcome);
-            me.ended.notify_waiters();
-        });
-        self.tasks
-            .lock()
-            .expect("tasks lock")
-            .insert(job, task.abort_handle());
-        Ok(TransferAccepted { started: true })
+            outcome
+        };
+        Ok(self.spawn_transfer(job, progress, work))
     }
 
     pub(super) fn start_restore(
@@ -111,11 +104,10 @@ impl Agent {
             return Ok(TransferAccepted { started: false });
         };
         tracing::info!(job = %req.job, snapshot = %req.snapshot, target = ?req.target, "restore transfer started");
-        let deadline_secs = req.deadline_secs;
-        let me = self.clone();
         let job = req.job;
-        let task = tokio::spawn(async move {
-            let job = req.job;
+        let (me, shown) = (self.clone(), progress.clone());
+        let work = async move {
+            let deadline_secs = req.deadline_secs;
             let outcome = restore::run(
                 me.client.clone(),
                 me.config.system.clone(),
@@ -123,10 +115,26 @@ impl Agent {
                 claims,
                 me.config.window,
                 me.patience(deadline_secs),
-                progress.clone(),
+                shown,
             )
             .await;
             tracing::info!(%job, error = ?outcome.error, files_failed = outcome.file_errors.len(), "restore transfer ended");
+            outcome
+        };
+        Ok(self.spawn_transfer(job, progress, work))
+    }
+
+    /// Runs a started transfer as a task the job can cancel; its outcome
+    /// goes to the job's progress, where status questions wait for it.
+    fn spawn_transfer(
+        self: &Arc<Self>,
+        job: JobId,
+        progress: Arc<Mutex<Progress>>,
+        work: impl Future<Output = TransferOutcome> + Send + 'static,
+    ) -> TransferAccepted {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let outcome = work.await;
             tokio::task::spawn_blocking(arca_runtime::memory::release_free_memory);
             progress.lock().expect("progress lock").outcome = Some(outcome);
             me.ended.notify_waiters();
@@ -135,7 +143,7 @@ impl Agent {
             .lock()
             .expect("tasks lock")
             .insert(job, task.abort_handle());
-        Ok(TransferAccepted { started: true })
+        TransferAccepted { started: true }
     }
 
     /// Stops a running transfer. The progress lock is held while the task is

@@ -18,117 +18,12 @@ use arca_schemas::msg::{JobsStarted, StartRestore};
 use arca_schemas::subject::{self, SchedulerVerb};
 use arca_schemas::tree::{Node, NodeKind, Xattr};
 use arca_schemas::trust::AuditKind;
-use arca_schemas::{JobRecord, JobStatus, SnapshotId};
+use arca_schemas::{JobRecord, JobStatus};
 use arca_testkit::hostile::{Compromised, dir, node, plan_tree};
-use futures::future::BoxFuture;
 
-/// What a test's hostile tree is built from: the compromised system and
-/// its backup's start request.
-type Build = Arc<
-    dyn Fn(Compromised, arca_schemas::msg::StartBackupTransfer) -> BoxFuture<'static, Vec<Node>>
-        + Send
-        + Sync,
->;
+mod scene;
 
-/// A stack with `evil` (compromised) and `good` (a real agent, as the
-/// test's user), and a folder holding the restore target and the canary.
-struct Scene {
-    stack: Stack,
-    _evil: Compromised,
-    _serving: tokio::task::JoinHandle<()>,
-    out: tempfile::TempDir,
-}
-
-impl Scene {
-    async fn start(build: Build) -> Scene {
-        let mut stack = Stack::start().await.unwrap();
-        let evil_data = tempfile::tempdir().unwrap();
-        let good_data = tempfile::tempdir().unwrap();
-        stack
-            .load_systems(vec![
-                system("evil", &[evil_data.path()]),
-                system("good", &[good_data.path()]),
-            ])
-            .await
-            .unwrap();
-        let evil = stack.compromised("evil").await.unwrap();
-        let serving = evil
-            .serve(plan_tree(move |c, start| build(c, start)))
-            .await
-            .unwrap();
-        stack.start_agent("good", AgentUser::Same).await.unwrap();
-        let out = tempfile::tempdir().unwrap();
-        std::fs::create_dir(out.path().join("canary")).unwrap();
-        std::fs::write(out.path().join("canary/kept"), b"as it was").unwrap();
-        Scene {
-            stack,
-            _evil: evil,
-            _serving: serving,
-            out,
-        }
-    }
-
-    fn target(&self) -> PathBuf {
-        self.out.path().join("target")
-    }
-
-    fn canary(&self) -> PathBuf {
-        self.out.path().join("canary")
-    }
-
-    /// Asserts that the canary folder holds exactly what it held.
-    fn canary_untouched(&self) {
-        let names: Vec<_> = std::fs::read_dir(self.canary())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names,
-            vec![std::ffi::OsString::from("kept")],
-            "written outside the target"
-        );
-        assert_eq!(
-            std::fs::read(self.canary().join("kept")).unwrap(),
-            b"as it was"
-        );
-    }
-
-    /// Backs `evil` up; the snapshot, or the job that made none.
-    async fn evil_snapshot(&self) -> Result<SnapshotId, JobRecord> {
-        let job = self.stack.backup(&["evil"]).await.unwrap()[0];
-        let (_, rec) = self.stack.wait_job(job).await.unwrap();
-        rec.snapshot.clone().ok_or(rec)
-    }
-
-    /// Restores `snapshot` onto `good` into the target, as an operator
-    /// allowing the cross-system restore does.
-    async fn restore_onto_good(&self, snapshot: &SnapshotId, keep_privileges: bool) -> JobRecord {
-        let r: JobsStarted = rpc::request(
-            &self.stack.client,
-            subject::scheduler("main", SchedulerVerb::Restore),
-            &StartRestore {
-                snapshot: snapshot.clone(),
-                target: Some(self.target().display().to_string()),
-                to_system: Some("good".into()),
-                allow_cross_system: true,
-                operator: Some("alice".into()),
-                filter: Default::default(),
-                keep_privileges,
-            },
-        )
-        .await
-        .unwrap();
-        self.stack.wait_job(r.jobs[0]).await.unwrap().1
-    }
-}
-
-fn build<F, Fut>(f: F) -> Build
-where
-    F: Fn(Compromised, arca_schemas::msg::StartBackupTransfer) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Vec<Node>> + Send + 'static,
-{
-    Arc::new(move |c, s| Box::pin(f(c, s)))
-}
+use scene::{Scene, build};
 
 fn symlink_node(path: &[u8], target: &Path) -> Node {
     node(

@@ -10,16 +10,7 @@ use crate::{Media, SYSTEM};
 async fn a_repository_with_a_snapshot_verifies_clean() {
     let media = Media::start().await;
     media.commit_file("a.txt", &b"a".repeat(50_000)).await;
-    let report: VerifyReport = media
-        .control(
-            MediaVerb::Verify,
-            &VerifyRepository {
-                read_data: true,
-                subset_percent: 100,
-            },
-        )
-        .await
-        .unwrap();
+    let report = verify_all(&media).await;
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(report.snapshots, 1);
     assert!(report.chunks_read >= 2, "{report:?}");
@@ -74,7 +65,14 @@ async fn forget_keeps_what_the_policy_keeps_and_prune_removes_the_rest() {
     assert!(pruned.bytes_after < pruned.bytes_before, "{pruned:?}");
 
     // What is left verifies clean, reading every record.
-    let report: VerifyReport = media
+    let report = verify_all(&media).await;
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(report.snapshots, 1);
+}
+
+/// Verifies the whole repository, reading every record.
+async fn verify_all(media: &Media) -> VerifyReport {
+    media
         .control(
             MediaVerb::Verify,
             &VerifyRepository {
@@ -83,7 +81,5 @@ async fn forget_keeps_what_the_policy_keeps_and_prune_removes_the_rest() {
             },
         )
         .await
-        .unwrap();
-    assert!(report.problems.is_empty(), "{report:?}");
-    assert_eq!(report.snapshots, 1);
+        .unwrap()
 }
